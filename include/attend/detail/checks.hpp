@@ -1,0 +1,65 @@
+#pragma once
+/// \file
+/// Argument checks shared by the kernels and the reference, run before any work.
+
+#include <type_traits>
+
+#include "attend/errors.hpp"
+#include "attend/masks.hpp"
+#include "attend/shapes.hpp"
+
+namespace attend::detail {
+
+template <class T, class... Derived>
+constexpr void static_check_scalars() {
+  static_assert(is_supported_scalar<T>, "attend: the scalar type must be float or double");
+  static_assert((std::is_same_v<T, typename Derived::Scalar> && ...),
+                "attend: all matrix arguments must have the same scalar type (float or double)");
+}
+
+/// Checks q [Lq,d], k [Lk,d], v [Lk,dv], an optional bias [Lq,Lk] and the options.
+template <class Q, class K, class V>
+void check_attention(const char* fn, const Q& q, const K& k, const V& v, const Options& options) {
+  if (q.cols() < 1) fail(fn, "q is ", shape_of(q), ", expected at least one column (the head dimension)");
+  if (k.cols() != q.cols())
+    fail(fn, "k has ", k.cols(), " columns, expected q's ", q.cols(), " (q ", shape_of(q), ", k ", shape_of(k), ")");
+  if (v.rows() != k.rows())
+    fail(fn, "v has ", v.rows(), " rows, expected k's ", k.rows(), " (k ", shape_of(k), ", v ", shape_of(v), ")");
+  check_options(fn, options);
+}
+
+template <class B, class Q, class K>
+void check_bias(const char* fn, const B& bias, const Q& q, const K& k) {
+  if (bias.rows() != q.rows() || bias.cols() != k.rows())
+    fail(fn, "bias is ", shape_of(bias), ", expected [Lq, Lk] = ", Shape{q.rows(), k.rows()}, " (q ", shape_of(q),
+         ", k ", shape_of(k), ")");
+}
+
+/// Checks q [Lq,H*d], k [Lk,G*d], v [Lk,G*dv] against Heads{H,G} and the options.
+template <class Q, class K, class V>
+void check_multi_head(const char* fn, const Q& q, const K& k, const V& v, Heads heads, const Options& options) {
+  if (heads.query < 1) fail(fn, "heads.query is ", heads.query, ", expected at least 1");
+  if (heads.kv < 1) fail(fn, "heads.kv is ", heads.kv, ", expected at least 1");
+  if (heads.query % heads.kv != 0)
+    fail(fn, "query heads (", heads.query, ") are not a multiple of kv heads (", heads.kv, ")");
+  if (q.cols() < heads.query || q.cols() % heads.query != 0)
+    fail(fn, "q has ", q.cols(), " columns, expected a positive multiple of query heads (", heads.query, ") (q ",
+         shape_of(q), ")");
+  const Index d = q.cols() / heads.query;
+  if (k.cols() != heads.kv * d)
+    fail(fn, "k has ", k.cols(), " columns, expected kv heads (", heads.kv, ") * head dim (", d, ") = ", heads.kv * d,
+         " (q ", shape_of(q), ", k ", shape_of(k), ")");
+  if (v.cols() % heads.kv != 0)
+    fail(fn, "v has ", v.cols(), " columns, expected a multiple of kv heads (", heads.kv, ") (v ", shape_of(v), ")");
+  if (v.rows() != k.rows())
+    fail(fn, "v has ", v.rows(), " rows, expected k's ", k.rows(), " (k ", shape_of(k), ", v ", shape_of(v), ")");
+  check_options(fn, options);
+}
+
+template <class O>
+void check_output(const char* fn, const O& out, Index rows, Index cols) {
+  if (out.rows() != rows || out.cols() != cols)
+    fail(fn, "out is ", shape_of(out), ", expected ", Shape{rows, cols});
+}
+
+}  // namespace attend::detail

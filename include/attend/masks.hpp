@@ -1,0 +1,122 @@
+#pragma once
+/// \file
+/// Mask policies and attention options. A mask is a rule giving each query row a contiguous range of visible
+/// keys; every kernel asks the mask for that range instead of carrying its own copy of the loop.
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+
+#include "attend/errors.hpp"
+#include "attend/shapes.hpp"
+
+namespace attend {
+
+/// Half-open range `[begin, end)` of key indices; empty when `begin >= end`.
+struct KeyRange {
+  Index begin;
+  Index end;
+  bool empty() const { return begin >= end; }
+  Index size() const { return end > begin ? end - begin : 0; }
+};
+
+/// Which keys each query may see. All masks here give every query a contiguous key range whose ends never
+/// decrease from one query row to the next, which is what lets the blocked kernel skip whole tiles.
+class Mask {
+ public:
+  enum class Kind { none, causal, causal_top_left, sliding_window };
+
+  /// Every key visible (the default).
+  Mask() = default;
+  static Mask none() { return Mask(); }
+  /// Bottom-right aligned: query i sees key j iff j <= i + (Lk - Lq). With a KV cache the queries are the
+  /// newest tokens, so this is the mask for decoding.
+  static Mask causal() { return Mask(Kind::causal, 0); }
+  /// Top-left aligned (PyTorch `is_causal`): query i sees key j iff j <= i.
+  static Mask causal_top_left() { return Mask(Kind::causal_top_left, 0); }
+  /// causal() restricted to the last `window` keys, itself included: j > i + (Lk - Lq) - window.
+  /// Precondition window >= 1; every kernel throws shape_error for a smaller window (the factory itself does
+  /// not throw, so a bad mask fails where it is used, with that function's name).
+  static Mask sliding_window(Index window) { return Mask(Kind::sliding_window, window); }
+
+  Kind kind() const { return kind_; }
+  /// The window of sliding_window(), 0 for the other kinds.
+  Index window() const { return window_; }
+  /// True for every kind but none().
+  bool hides_future() const { return kind_ != Kind::none; }
+
+  /// The keys query row `i` of `lq` may see among `lk` keys.
+  KeyRange keys(Index i, Index lq, Index lk) const {
+    const auto clamp = [lk](Index x) { return std::clamp<Index>(x, 0, lk); };
+    switch (kind_) {
+      case Kind::none:
+        return {0, lk};
+      case Kind::causal:
+        return {0, clamp(i + (lk - lq) + 1)};
+      case Kind::causal_top_left:
+        return {0, clamp(i + 1)};
+      case Kind::sliding_window: {
+        const Index end = i + (lk - lq) + 1;
+        return {clamp(end - window_), clamp(end)};
+      }
+    }
+    return {0, lk};
+  }
+
+  /// Whether query row `i` of `lq` sees key `j` of `lk`.
+  bool visible(Index i, Index j, Index lq, Index lk) const {
+    const KeyRange r = keys(i, lq, lk);
+    return j >= r.begin && j < r.end;
+  }
+
+  friend bool operator==(const Mask& a, const Mask& b) { return a.kind_ == b.kind_ && a.window_ == b.window_; }
+  friend bool operator!=(const Mask& a, const Mask& b) { return !(a == b); }
+
+  friend std::ostream& operator<<(std::ostream& os, const Mask& m) {
+    switch (m.kind_) {
+      case Kind::none:
+        return os << "none()";
+      case Kind::causal:
+        return os << "causal()";
+      case Kind::causal_top_left:
+        return os << "causal_top_left()";
+      case Kind::sliding_window:
+        return os << "sliding_window(" << m.window_ << ')';
+    }
+    return os;
+  }
+
+ private:
+  Mask(Kind kind, Index window) : kind_(kind), window_(window) {}
+  Kind kind_ = Kind::none;
+  Index window_ = 0;
+};
+
+/// How scores are formed: `s = scale * (q . k)`, then softcap, then additive bias, then the mask, then a
+/// numerically stable softmax over the visible keys.
+struct Options {
+  std::optional<double> scale;  ///< default 1/sqrt(d_qk)
+  Mask mask;                    ///< default Mask::none()
+  double softcap = 0;           ///< > 0: s = softcap * tanh(s / softcap); 0 disables it
+};
+
+namespace detail {
+
+/// Throws shape_error naming `function` when the options cannot be used: a non-finite or non-positive scale,
+/// a negative or non-finite softcap, a sliding window < 1.
+inline void check_options(const char* function, const Options& o) {
+  if (o.scale && !(std::isfinite(*o.scale) && *o.scale > 0))
+    fail(function, "options.scale is ", *o.scale, ", expected a finite value > 0");
+  if (!(std::isfinite(o.softcap) && o.softcap >= 0))
+    fail(function, "options.softcap is ", o.softcap, ", expected a finite value >= 0 (0 disables it)");
+  if (o.mask.kind() == Mask::Kind::sliding_window && o.mask.window() < 1)
+    fail(function, "options.mask is sliding_window(", o.mask.window(), "), expected a window >= 1");
+}
+
+/// The scale a call uses: the option when set, else 1/sqrt(head_dim).
+inline double scale_for(const Options& o, Index head_dim) {
+  return o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
+}
+
+}  // namespace detail
+}  // namespace attend

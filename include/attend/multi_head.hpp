@@ -1,0 +1,87 @@
+#pragma once
+/// \file
+/// Multi-head attention by splitting the embedding: a matrix [L, H*d] holds head h in columns [h*d, (h+1)*d).
+/// One kernel, grouped-query attention, serves all three names: MHA is H kv heads, GQA fewer, MQA one.
+
+#include "attend/detail/blocked_attention.hpp"
+#include "attend/detail/checks.hpp"
+#include "attend/masks.hpp"
+#include "attend/shapes.hpp"
+
+namespace attend {
+namespace detail {
+
+template <class DQ, class DK, class DV>
+Matrix<typename DQ::Scalar> multi_head(const char* fn, const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                                       const Eigen::MatrixBase<DV>& v, Heads heads, const Options& options) {
+  using T = typename DQ::Scalar;
+  static_check_scalars<T, DK, DV>();
+  check_multi_head(fn, q, k, v, heads, options);
+  const ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
+  Matrix<T> out(qe.rows(), ve.cols() / heads.kv * heads.query);
+  grouped_attention<T>(qe, ke, ve, nullptr, heads, options, out, nullptr);
+  return out;
+}
+
+}  // namespace detail
+
+/// Grouped-query attention: query head h attends with kv head h / (H/G) (contiguous groups, as
+/// torch.repeat_interleave), heads are computed independently and concatenated in head order.
+///
+/// **Shapes:** (Lq,H*d) x (Lk,G*d) x (Lk,G*dv) => (Lq,H*dv)
+///
+/// G == H is multi-head attention, 1 < G < H grouped-query, G == 1 multi-query. Each key/value tile is read
+/// once per kv group for all of the group's query heads. Options apply to every head.
+/// \pre H >= 1, G >= 1, G divides H, H divides q's columns, k has G*d columns, G divides v's columns, k and v
+///      have the same rows; options valid.
+/// \throws attend::shape_error before any work when a precondition fails.
+template <class DQ, class DK, class DV>
+Matrix<typename DQ::Scalar> multi_head_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                                                 const Eigen::MatrixBase<DV>& v, Heads heads,
+                                                 const Options& options = {}) {
+  return detail::multi_head("multi_head_attention", q, k, v, heads, options);
+}
+
+/// multi_head_attention() into a preallocated `out` [Lq, H*dv]; `out` must not alias the inputs.
+///
+/// **Shapes:** (Lq,H*d) x (Lk,G*d) x (Lk,G*dv) => out (Lq,H*dv)
+/// \throws attend::shape_error as multi_head_attention(), and when out has another shape.
+template <class DQ, class DK, class DV>
+void multi_head_attention_into(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                               const Eigen::MatrixBase<DV>& v, Heads heads,
+                               detail::RowsRef<typename detail::type_identity<typename DQ::Scalar>::type> out,
+                               const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  detail::static_check_scalars<T, DK, DV>();
+  constexpr const char* fn = "multi_head_attention_into";
+  detail::check_multi_head(fn, q, k, v, heads, options);
+  detail::check_output(fn, out, q.rows(), v.cols() / heads.kv * heads.query);
+  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
+  detail::grouped_attention<T>(qe, ke, ve, nullptr, heads, options, out, nullptr);
+}
+
+/// Grouped-query attention (GQA): `query_heads` query heads in groups sharing `kv_heads` key/value heads.
+/// Same as multi_head_attention(q, k, v, Heads{query_heads, kv_heads}, options).
+///
+/// **Shapes:** (Lq,H*d) x (Lk,G*d) x (Lk,G*dv) => (Lq,H*dv)
+/// \throws attend::shape_error as multi_head_attention().
+template <class DQ, class DK, class DV>
+Matrix<typename DQ::Scalar> grouped_query_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                                                    const Eigen::MatrixBase<DV>& v, int query_heads, int kv_heads,
+                                                    const Options& options = {}) {
+  return detail::multi_head("grouped_query_attention", q, k, v, Heads{query_heads, kv_heads}, options);
+}
+
+/// Multi-query attention (MQA): every query head shares one key/value head.
+/// Same as multi_head_attention(q, k, v, Heads{query_heads, 1}, options).
+///
+/// **Shapes:** (Lq,H*d) x (Lk,d) x (Lk,dv) => (Lq,H*dv)
+/// \throws attend::shape_error as multi_head_attention().
+template <class DQ, class DK, class DV>
+Matrix<typename DQ::Scalar> multi_query_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                                                  const Eigen::MatrixBase<DV>& v, int query_heads,
+                                                  const Options& options = {}) {
+  return detail::multi_head("multi_query_attention", q, k, v, Heads{query_heads, 1}, options);
+}
+
+}  // namespace attend

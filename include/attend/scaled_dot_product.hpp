@@ -1,0 +1,139 @@
+#pragma once
+/// \file
+/// Scaled dot-product attention, softmax(Q K^T * scale) V, and its probability matrix.
+///
+/// Cross-attention is the same call with k and v taken from another sequence (Lk != Lq).
+
+#include <limits>
+
+#include "attend/detail/blocked_attention.hpp"
+#include "attend/detail/checks.hpp"
+#include "attend/masks.hpp"
+#include "attend/shapes.hpp"
+#include "attend/softmax.hpp"
+
+namespace attend {
+
+/// Attention of each query row over the key/value rows: softmax(scale * q k^T [+ bias], masked) v.
+///
+/// **Shapes:** (Lq,d) x (Lk,d) x (Lk,dv) => (Lq,dv)
+///
+/// Scores follow Options: scale (default 1/sqrt(d)), softcap, then the mask; the softmax is stable for logits
+/// in the thousands. A query row that sees no key gets an all-zero row. Memory beyond inputs and output is
+/// O(tile), independent of Lq * Lk.
+/// \pre d >= 1 and the shapes above; options valid (finite scale > 0, softcap >= 0, window >= 1).
+/// \throws attend::shape_error before any work when a precondition fails.
+template <class DQ, class DK, class DV>
+Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q,
+                                                         const Eigen::MatrixBase<DK>& k,
+                                                         const Eigen::MatrixBase<DV>& v, const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  detail::static_check_scalars<T, DK, DV>();
+  constexpr const char* fn = "scaled_dot_product_attention";
+  detail::check_attention(fn, q, k, v, options);
+  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
+  Matrix<T> out(qe.rows(), ve.cols());
+  detail::grouped_attention<T>(qe, ke, ve, nullptr, Heads{1, 1}, options, out, nullptr);
+  return out;
+}
+
+/// As above, with an additive `bias` [Lq, Lk] added to the scores after softcap and before the mask;
+/// -infinity entries hide keys.
+///
+/// **Shapes:** (Lq,d) x (Lk,d) x (Lk,dv) x (Lq,Lk) => (Lq,dv)
+/// \throws attend::shape_error as above, and when bias is not [Lq, Lk].
+template <class DQ, class DK, class DV, class DB>
+Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q,
+                                                         const Eigen::MatrixBase<DK>& k,
+                                                         const Eigen::MatrixBase<DV>& v,
+                                                         const Eigen::MatrixBase<DB>& bias,
+                                                         const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  detail::static_check_scalars<T, DK, DV, DB>();
+  constexpr const char* fn = "scaled_dot_product_attention";
+  detail::check_attention(fn, q, k, v, options);
+  detail::check_bias(fn, bias, q, k);
+  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived()), be(bias.derived());
+  Matrix<T> out(qe.rows(), ve.cols());
+  detail::grouped_attention<T>(qe, ke, ve, &be, Heads{1, 1}, options, out, nullptr);
+  return out;
+}
+
+/// scaled_dot_product_attention() into a preallocated `out` (no allocation of the result; for hot loops).
+/// `out` must not alias q, k or v.
+///
+/// **Shapes:** (Lq,d) x (Lk,d) x (Lk,dv) => out (Lq,dv)
+/// \throws attend::shape_error as scaled_dot_product_attention(), and when out is not [Lq, dv].
+template <class DQ, class DK, class DV>
+void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                                       const Eigen::MatrixBase<DV>& v,
+                                       detail::RowsRef<typename detail::type_identity<typename DQ::Scalar>::type> out,
+                                       const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  detail::static_check_scalars<T, DK, DV>();
+  constexpr const char* fn = "scaled_dot_product_attention_into";
+  detail::check_attention(fn, q, k, v, options);
+  detail::check_output(fn, out, q.rows(), v.cols());
+  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
+  detail::grouped_attention<T>(qe, ke, ve, nullptr, Heads{1, 1}, options, out, nullptr);
+}
+
+namespace detail {
+
+template <class T>
+Matrix<T> weights(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const ConstRowsRef<T>* bias,
+                  const Options& options) {
+  const Index lq = q.rows(), lk = k.rows();
+  const T scale = static_cast<T>(scale_for(options, q.cols()));
+  Matrix<T> p(lq, lk);
+  p.noalias() = (q * scale) * k.transpose();
+  if (options.softcap > 0) {
+    const T c = static_cast<T>(options.softcap);
+    p = ((p.array() * (T(1) / c)).tanh() * c).matrix();
+  }
+  if (bias) p += *bias;
+  for (Index i = 0; i < lq; ++i) {
+    const KeyRange vis = options.mask.keys(i, lq, lk);
+    p.row(i).head(vis.begin).setConstant(-std::numeric_limits<T>::infinity());
+    p.row(i).tail(lk - std::max(vis.begin, vis.end)).setConstant(-std::numeric_limits<T>::infinity());
+    softmax_row_in_place(p.row(i));
+  }
+  return p;
+}
+
+}  // namespace detail
+
+/// The attention probabilities softmax(scale * q k^T, masked): row i holds query i's weights over the keys.
+/// Rows sum to 1, or are all zero when the query sees no key. Materializes [Lq, Lk]: for inspection and
+/// teaching; the attention functions never build this matrix.
+///
+/// **Shapes:** (Lq,d) x (Lk,d) => (Lq,Lk)
+/// \throws attend::shape_error when k has not q's columns, d < 1 or the options are invalid.
+template <class DQ, class DK>
+Matrix<typename DQ::Scalar> attention_weights(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                                              const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  detail::static_check_scalars<T, DK>();
+  constexpr const char* fn = "attention_weights";
+  detail::check_attention(fn, q, k, k, options);
+  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived());
+  return detail::weights<T>(qe, ke, nullptr, options);
+}
+
+/// attention_weights() with an additive `bias` [Lq, Lk] (after softcap, before the mask).
+///
+/// **Shapes:** (Lq,d) x (Lk,d) x (Lq,Lk) => (Lq,Lk)
+/// \throws attend::shape_error as attention_weights(), and when bias is not [Lq, Lk].
+template <class DQ, class DK, class DB>
+Matrix<typename DQ::Scalar> attention_weights(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                                              const Eigen::MatrixBase<DB>& bias, const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  detail::static_check_scalars<T, DK, DB>();
+  constexpr const char* fn = "attention_weights";
+  detail::check_attention(fn, q, k, k, options);
+  detail::check_bias(fn, bias, q, k);
+  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), be(bias.derived());
+  return detail::weights<T>(qe, ke, &be, options);
+}
+
+}  // namespace attend

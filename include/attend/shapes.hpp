@@ -1,0 +1,63 @@
+#pragma once
+/// \file
+/// Matrix types, head counts and shape formatting shared by every attend header.
+
+#include <Eigen/Core>
+#include <ostream>
+#include <type_traits>
+
+namespace attend {
+
+/// Row-major dynamic matrix: rows are tokens (positions), columns are features.
+template <class T>
+using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// Dynamic column vector (norm weights, biases, log-sum-exp values).
+template <class T>
+using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+
+using Index = Eigen::Index;
+
+/// Head counts of a multi-head call: `query` query heads share `kv` key/value heads in contiguous groups
+/// (query head h reads kv head h / (query / kv)). kv == query is MHA, kv == 1 is MQA, anything between is GQA.
+struct Heads {
+  int query;
+  int kv;
+};
+
+namespace detail {
+
+/// A matrix shape, printed as `[rows, cols]` in error messages.
+struct Shape {
+  Index rows;
+  Index cols;
+};
+
+inline std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << '[' << s.rows << ", " << s.cols << ']'; }
+
+template <class Derived>
+Shape shape_of(const Eigen::EigenBase<Derived>& m) {
+  return {m.rows(), m.cols()};
+}
+
+template <class T>
+inline constexpr bool is_supported_scalar = std::is_same_v<T, float> || std::is_same_v<T, double>;
+
+/// Read-only view of a row-major matrix with any row stride. Plain row-major matrices, their blocks and
+/// column slices bind without a copy; any other expression (column-major, products, casts) is evaluated
+/// exactly once into the Ref's own storage.
+template <class T>
+using ConstRowsRef = Eigen::Ref<const Matrix<T>, 0, Eigen::OuterStride<>>;
+
+/// Writable view of a row-major matrix with any row stride.
+template <class T>
+using RowsRef = Eigen::Ref<Matrix<T>, 0, Eigen::OuterStride<>>;
+
+/// Non-deduced alias: lets `T` come from the other arguments of a function template.
+template <class T>
+struct type_identity {
+  using type = T;
+};
+
+}  // namespace detail
+}  // namespace attend

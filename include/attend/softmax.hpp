@@ -1,0 +1,45 @@
+#pragma once
+/// \file
+/// Numerically stable softmax over rows of scores, where -infinity marks a hidden key.
+
+#include <cmath>
+#include <limits>
+
+#include "attend/shapes.hpp"
+
+namespace attend {
+namespace detail {
+
+/// Softmax of one row in place. Subtracting the row maximum first keeps exp() in range for logits in the
+/// thousands; a row whose entries are all -infinity (no visible key) becomes all zeros instead of 0/0.
+template <class RowExpr>
+void softmax_row_in_place(RowExpr&& row) {
+  using T = typename std::decay_t<RowExpr>::Scalar;
+  if (row.size() == 0) return;
+  const T m = row.maxCoeff();
+  if (m == -std::numeric_limits<T>::infinity()) {
+    row.setZero();
+    return;
+  }
+  // select, not exp alone: Eigen's vectorized exp clamps its argument, so exp(-inf) would be ~1e-38, not 0.
+  row = (row.array() == -std::numeric_limits<T>::infinity()).select(T(0), (row.array() - m).exp()).matrix();
+  row /= row.sum();
+}
+
+}  // namespace detail
+
+/// Row-wise softmax of a score matrix: each row becomes probabilities over its entries. Entries equal to
+/// -infinity are hidden keys and get probability 0; a row with no finite entry becomes all zeros (never NaN).
+/// NaN in a row makes that row NaN and no other.
+///
+/// **Shapes:** (Lq,Lk) => (Lq,Lk)
+template <class Derived>
+Matrix<typename Derived::Scalar> softmax(const Eigen::MatrixBase<Derived>& scores) {
+  using T = typename Derived::Scalar;
+  static_assert(detail::is_supported_scalar<T>, "attend::softmax: scalar must be float or double");
+  Matrix<T> p = scores;
+  for (Index i = 0; i < p.rows(); ++i) detail::softmax_row_in_place(p.row(i));
+  return p;
+}
+
+}  // namespace attend
