@@ -1,0 +1,40 @@
+#pragma once
+// Shared helpers for attend's tests: seeded random inputs, type-scaled tolerances, comparisons.
+
+#include <gtest/gtest.h>
+
+#include <attend/attend.hpp>
+#include <cmath>
+#include <limits>
+#include <random>
+
+namespace attend_test {
+
+template <class T>
+attend::Matrix<T> random_matrix(Eigen::Index rows, Eigen::Index cols, std::mt19937& rng, double stddev = 1.0) {
+  std::normal_distribution<double> dist(0.0, stddev);
+  attend::Matrix<T> m(rows, cols);
+  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<T>(dist(rng));
+  return m;
+}
+
+// Absolute tolerance for outputs of magnitude ~1 computed in T, compared with the double reference on the
+// same (already rounded) inputs. Float accumulates ~sqrt(n) ulps over a few hundred terms; 2e-5 leaves margin
+// while still catching any real error (a wrong mask or scale moves outputs by 1e-2 or more).
+template <class T>
+constexpr double tolerance() {
+  return std::is_same_v<T, float> ? 2e-5 : 1e-12;
+}
+
+template <class A, class B>
+double max_abs_diff(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
+  if (a.rows() != b.rows() || a.cols() != b.cols()) return std::numeric_limits<double>::infinity();
+  if (a.size() == 0) return 0;
+  return (a.template cast<double>() - b.template cast<double>()).cwiseAbs().maxCoeff();
+}
+
+inline bool all_finite(const attend::Matrix<double>& m) { return m.allFinite(); }
+
+using Scalars = ::testing::Types<float, double>;
+
+}  // namespace attend_test
