@@ -1,0 +1,126 @@
+#pragma once
+/// \file
+/// Converting a trained attention layer to one with a smaller KV cache: MHA -> GQA/MQA by mean-pooling key and
+/// value heads (Ainslie et al., GQA, 2023), and MHA -> MLA by a truncated SVD of the stacked key and value
+/// projections, the K ~ U S V^T view of latent attention.
+
+#include <Eigen/SVD>
+#include <algorithm>
+
+#include "attend/errors.hpp"
+#include "attend/latent.hpp"
+#include "attend/layers.hpp"
+#include "attend/shapes.hpp"
+
+namespace attend {
+
+/// A layer with `kv_heads` key/value heads whose weights (and biases) are the means of each group of the
+/// source's kv heads; queries and output projection are copied. Query head h keeps reading the pooled head of
+/// its own group, so with kv_heads == mha.kv_heads the result is the same layer.
+///
+/// \pre mha's weights match its sizes; 1 <= kv_heads and kv_heads divides mha.kv_heads.
+/// \throws attend::shape_error when a precondition fails.
+template <class T>
+MultiHeadAttention<T> to_grouped(const MultiHeadAttention<T>& mha, int kv_heads) {
+  constexpr const char* fn = "to_grouped";
+  mha.check_weights(fn);
+  if (kv_heads < 1 || mha.kv_heads % kv_heads != 0)
+    detail::fail(fn, "kv_heads is ", kv_heads, ", expected a divisor of the source's kv heads (", mha.kv_heads, ")");
+  MultiHeadAttention<T> out(mha.d_model, mha.heads, kv_heads, mha.head_dim);
+  out.q_proj = mha.q_proj;
+  out.o_proj = mha.o_proj;
+  const Index d = mha.head_dim, pooled = mha.kv_heads / kv_heads;
+  const auto pool = [&](const Linear<T>& src, Linear<T>& dst) {
+    dst.weight.setZero();
+    if (src.bias.size() != 0) dst.bias = Vector<T>::Zero(Index(kv_heads) * d);
+    for (Index g = 0; g < kv_heads; ++g)
+      for (Index j = 0; j < pooled; ++j) {
+        const Index from = (g * pooled + j) * d;
+        dst.weight.middleRows(g * d, d) += src.weight.middleRows(from, d) / T(pooled);
+        if (src.bias.size() != 0) dst.bias.segment(g * d, d) += src.bias.segment(from, d) / T(pooled);
+      }
+  };
+  pool(mha.k_proj, out.k_proj);
+  pool(mha.v_proj, out.v_proj);
+  return out;
+}
+
+namespace detail {
+
+/// The per-head interleaved stack [W_k(head 0); W_v(head 0); W_k(head 1); ...] over the *query* heads (a GQA
+/// source repeats each kv head for its group), in double: the matrix that MLA's kv_b_proj * kv_a_proj
+/// reproduces.
+template <class T>
+Eigen::MatrixXd stacked_kv_weights(const MultiHeadAttention<T>& mha) {
+  const Index d = mha.head_dim, group = mha.heads / mha.kv_heads;
+  Eigen::MatrixXd w(Index(mha.heads) * 2 * d, mha.d_model);
+  for (Index h = 0; h < mha.heads; ++h) {
+    const Index g = h / group;
+    w.middleRows(h * 2 * d, d) = mha.k_proj.weight.middleRows(g * d, d).template cast<double>();
+    w.middleRows(h * 2 * d + d, d) = mha.v_proj.weight.middleRows(g * d, d).template cast<double>();
+  }
+  return w;
+}
+
+}  // namespace detail
+
+/// Singular values, largest first, of the per-head interleaved [W_k; W_v] that to_latent() factorizes: how much
+/// of the key/value projection each latent rank keeps. The error of a rank-r conversion (Frobenius norm of the
+/// dropped part of the weights) is the root sum of squares of the values past r.
+/// \throws attend::shape_error when mha's weights do not match its sizes.
+template <class T>
+Eigen::VectorXd kv_singular_values(const MultiHeadAttention<T>& mha) {
+  mha.check_weights("kv_singular_values");
+  return Eigen::BDCSVD<Eigen::MatrixXd>(detail::stacked_kv_weights(mha)).singularValues();
+}
+
+/// An MLA layer equivalent to `mha` up to a rank-`kv_lora_rank` approximation of its keys and values:
+/// [W_k; W_v] (per head, interleaved) ~ U_r S_r V_r^T by truncated SVD, kv_a_proj_with_mqa = V_r^T,
+/// kv_b_proj = U_r S_r (its bias the source's k/v biases), q_proj and o_proj copied; no RoPE part
+/// (qk_rope_head_dim 0), identity norms, nope = v = head_dim, so the scale is the source's 1/sqrt(head_dim).
+/// With kv_lora_rank >= rank([W_k; W_v]) forward() equals the source's up to rounding; a smaller rank gives the
+/// best rank-r fit of the weights (Eckart-Young).
+///
+/// \pre mha's weights match its sizes; 1 <= kv_lora_rank <= min(2 * heads * head_dim, d_model).
+/// \throws attend::shape_error when a precondition fails.
+template <class T>
+MultiHeadLatentAttention<T> to_latent(const MultiHeadAttention<T>& mha, int kv_lora_rank) {
+  constexpr const char* fn = "to_latent";
+  mha.check_weights(fn);
+  const Index d = mha.head_dim, rows = Index(mha.heads) * 2 * d;
+  const Index max_rank = std::min<Index>(rows, mha.d_model);
+  if (kv_lora_rank < 1 || kv_lora_rank > max_rank)
+    detail::fail(fn, "kv_lora_rank is ", kv_lora_rank, ", expected 1..", max_rank, " (the stacked [W_k; W_v] is ",
+                 detail::Shape{rows, mha.d_model}, ")");
+  typename MultiHeadLatentAttention<T>::Config c;
+  c.d_model = mha.d_model;
+  c.heads = mha.heads;
+  c.q_lora_rank = 0;
+  c.kv_lora_rank = kv_lora_rank;
+  c.qk_nope_head_dim = mha.head_dim;
+  c.qk_rope_head_dim = 0;
+  c.v_head_dim = mha.head_dim;
+  MultiHeadLatentAttention<T> mla(c);
+  mla.q_proj = mha.q_proj;
+  mla.o_proj = mha.o_proj;
+
+  const Eigen::BDCSVD<Eigen::MatrixXd> svd(detail::stacked_kv_weights(mha), Eigen::ComputeThinU | Eigen::ComputeThinV);
+  const Index r = kv_lora_rank;
+  mla.kv_a_proj_with_mqa.weight = svd.matrixV().leftCols(r).transpose().template cast<T>();
+  mla.kv_b_proj.weight =
+      (svd.matrixU().leftCols(r) * svd.singularValues().head(r).asDiagonal()).template cast<T>();
+
+  const bool k_bias = mha.k_proj.bias.size() != 0, v_bias = mha.v_proj.bias.size() != 0;
+  if (k_bias || v_bias) {
+    const Index group = mha.heads / mha.kv_heads;
+    mla.kv_b_proj.bias = Vector<T>::Zero(rows);
+    for (Index h = 0; h < mha.heads; ++h) {
+      const Index g = h / group;
+      if (k_bias) mla.kv_b_proj.bias.segment(h * 2 * d, d) = mha.k_proj.bias.segment(g * d, d);
+      if (v_bias) mla.kv_b_proj.bias.segment(h * 2 * d + d, d) = mha.v_proj.bias.segment(g * d, d);
+    }
+  }
+  return mla;
+}
+
+}  // namespace attend

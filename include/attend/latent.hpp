@@ -1,0 +1,295 @@
+#pragma once
+/// \file
+/// Multi-head latent attention (MLA) as DeepSeek-V2 defines it, with Hugging Face weight names.
+///
+/// Keys and values are rebuilt from a per-token latent c (kv_lora_rank numbers) through kv_b_proj, plus one
+/// small RoPE key shared by all heads. A decoder caches only [c, k_rope] per token. At decode time the
+/// up-projection of the keys is absorbed into the queries (q_nope . (W_UK c) = (W_UK^T q_nope) . c) and that of
+/// the values into the output (sum p W_UV c = W_UV sum p c), so attention runs in the latent space as
+/// multi-query attention over the cache itself: every head shares the one latent kv head.
+
+#include <cmath>
+#include <cstddef>
+
+#include "attend/detail/blocked_attention.hpp"
+#include "attend/detail/checks.hpp"
+#include "attend/errors.hpp"
+#include "attend/layers.hpp"
+#include "attend/masks.hpp"
+#include "attend/rope.hpp"
+#include "attend/shapes.hpp"
+
+namespace attend {
+
+/// What MultiHeadLatentAttention caches per token: the normalized latent c_KV (kv_lora_rank numbers) followed
+/// by the roped shared key (qk_rope_head_dim numbers). Storage grows by doubling.
+template <class T>
+class LatentCache {
+ public:
+  LatentCache() = default;
+
+  /// Tokens held.
+  Index size() const { return size_; }
+  /// Tokens that fit before the storage grows.
+  Index capacity() const { return data_.rows(); }
+  /// Forgets every token (keeps the storage); the cache can then serve a layer of any size.
+  void clear() { size_ = 0; }
+  /// Makes room for `tokens` tokens of a layer with these widths, so decoding up to that length never
+  /// reallocates. Throws shape_error if the cache holds tokens of other widths.
+  void reserve(Index tokens, Index latent_width, Index rope_width) {
+    check_widths("LatentCache::reserve", latent_width, rope_width);
+    if (size_ == 0) {
+      data_.resize(0, latent_width + rope_width);
+      latent_ = latent_width;
+    }
+    detail::grow_rows(data_, size_, tokens);
+  }
+
+  /// [size, kv_lora_rank + qk_rope_head_dim]: each token's latent then its shared rope key (a view, valid until
+  /// the next append). These rows are the keys of absorbed attention.
+  detail::ConstRowsRef<T> entries() const { return detail::first_rows(data_, size_); }
+  /// [size, kv_lora_rank]: the normalized latents, which are also the values of absorbed attention.
+  detail::ConstRowsRef<T> latent() const { return entries().leftCols(latent_); }
+  /// [size, qk_rope_head_dim]: the roped shared keys.
+  detail::ConstRowsRef<T> rope_keys() const { return entries().rightCols(data_.cols() - latent_); }
+
+  /// Throws shape_error naming `fn` when tokens already held have other widths than a layer's.
+  void check_widths(const char* fn, Index latent_width, Index rope_width) const {
+    if (size_ > 0 && (latent_ != latent_width || data_.cols() - latent_ != rope_width))
+      detail::fail(fn, "cache holds latents of ", latent_, " and rope keys of ", data_.cols() - latent_,
+                   " features per token, expected kv_lora_rank ", latent_width, " and qk_rope_head_dim ", rope_width,
+                   " (it was filled by a layer of other sizes)");
+  }
+
+  /// Appends rows [latent, rope key] of new tokens (widths checked by the caller).
+  void append(const Matrix<T>& rows, Index latent_width) {
+    if (size_ == 0 && (data_.cols() != rows.cols() || latent_ != latent_width)) {
+      data_.resize(0, rows.cols());
+      latent_ = latent_width;
+    }
+    detail::grow_rows(data_, size_, size_ + rows.rows());
+    data_.middleRows(size_, rows.rows()) = rows;
+    size_ += rows.rows();
+  }
+
+ private:
+  Matrix<T> data_;
+  Index latent_ = 0;
+  Index size_ = 0;
+};
+
+/// DeepSeek-V2 multi-head latent attention.
+///
+/// Query: q_proj(x) when q_lora_rank == 0, else q_b_proj(q_a_layernorm(q_a_proj(x))); per head, its
+/// qk_nope_head_dim "nope" features then qk_rope_head_dim features that get RoPE.
+/// Keys/values: kv_a_proj_with_mqa(x) = [c_KV | k_rope]; c = kv_a_layernorm(c_KV); kv_b_proj(c) gives per head
+/// k_nope then v. Head h's key is [k_nope_h, rope(k_rope)] (k_rope shared by all heads).
+/// Scores are scaled by 1/sqrt(nope + rope) unless Options.scale is set. Positions start at 0.
+template <class T>
+struct MultiHeadLatentAttention {
+  struct Config {
+    int d_model = 0, heads = 0;
+    int q_lora_rank = 0;  ///< 0: no query compression (q_proj)
+    int kv_lora_rank = 0, qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+    double rope_theta = 10000;
+    RopeLayout rope_layout = RopeLayout::interleaved;
+  };
+
+  /// Zero weights of the documented shapes, empty (identity) norms, no biases.
+  /// \throws attend::shape_error for sizes < 1 (q_lora_rank, qk_nope_head_dim, qk_rope_head_dim may be 0, but not
+  ///         both head dims), an odd qk_rope_head_dim, or a non-positive rope_theta.
+  explicit MultiHeadLatentAttention(const Config& c) : config(c) {
+    check_config("MultiHeadLatentAttention");
+    const Index h = c.heads, qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
+    if (c.q_lora_rank == 0) {
+      q_proj.weight = Matrix<T>::Zero(h * qk, c.d_model);
+    } else {
+      q_a_proj.weight = Matrix<T>::Zero(c.q_lora_rank, c.d_model);
+      q_b_proj.weight = Matrix<T>::Zero(h * qk, c.q_lora_rank);
+    }
+    kv_a_proj_with_mqa.weight = Matrix<T>::Zero(c.kv_lora_rank + c.qk_rope_head_dim, c.d_model);
+    kv_b_proj.weight = Matrix<T>::Zero(h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+    o_proj.weight = Matrix<T>::Zero(c.d_model, h * c.v_head_dim);
+  }
+
+  Config config;
+  Linear<T> q_proj;              ///< q_lora_rank == 0: [heads*(nope+rope), d_model]
+  Linear<T> q_a_proj;            ///< q_lora_rank > 0: [q_lora_rank, d_model]
+  RMSNorm<T> q_a_layernorm;      ///< q_lora_rank > 0: empty or q_lora_rank
+  Linear<T> q_b_proj;            ///< q_lora_rank > 0: [heads*(nope+rope), q_lora_rank]
+  Linear<T> kv_a_proj_with_mqa;  ///< [kv_lora_rank + rope, d_model]: latent c_KV, then shared k_rope
+  RMSNorm<T> kv_a_layernorm;     ///< on c_KV only: empty or kv_lora_rank
+  Linear<T> kv_b_proj;           ///< [heads*(nope+v), kv_lora_rank], per head k_nope rows then v rows
+  Linear<T> o_proj;              ///< [d_model, heads*v]
+
+  /// The textbook form: keys and values decompressed for every head, then multi-head attention.
+  ///
+  /// **Shapes:** (L,d_model) => (L,d_model)
+  /// \throws attend::shape_error for an x of other width, weights, biases or norms of other shapes, invalid
+  ///         options.
+  template <class Derived>
+  Matrix<T> forward(const Eigen::MatrixBase<Derived>& x, const Options& options = {}) const {
+    constexpr const char* fn = "MultiHeadLatentAttention::forward";
+    detail::static_check_scalars<T, Derived>();
+    check(fn, x, options);
+    const Config& c = config;
+    const Index h_count = c.heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, dv = c.v_head_dim;
+    const Index r = c.kv_lora_rank, qk = nope + rope;
+    const Matrix<T> xe = x;
+    const Matrix<T> q = queries(xe, 0);
+    const Matrix<T> latent = latent_and_rope_key(xe, 0);
+    const Matrix<T> kv = detail::linear(kv_b_proj.weight, kv_b_proj.bias, latent.leftCols(r));
+    Matrix<T> k(xe.rows(), h_count * qk), v(xe.rows(), h_count * dv);
+    for (Index h = 0; h < h_count; ++h) {
+      k.middleCols(h * qk, nope) = kv.middleCols(h * (nope + dv), nope);
+      k.middleCols(h * qk + nope, rope) = latent.rightCols(rope);
+      v.middleCols(h * dv, dv) = kv.middleCols(h * (nope + dv) + nope, dv);
+    }
+    Matrix<T> heads_out(xe.rows(), h_count * dv);
+    detail::grouped_attention<T>(q, k, v, nullptr, Heads{c.heads, c.heads}, scaled(options), heads_out, nullptr);
+    return detail::linear(o_proj.weight, o_proj.bias, heads_out);
+  }
+
+  /// Decoding with the latent cache: appends the n new tokens' [c, k_rope] (positions continue from the cache
+  /// length), then attends in the latent space: queries W_UK-absorbed, multi-query attention over the cache
+  /// rows (keys [c, k_rope], values c), W_UV applied to each head's latent output. Per-head keys and values are
+  /// never formed. Equals forward(x) over the whole sequence, up to rounding, with Mask::causal().
+  ///
+  /// **Shapes:** (n,d_model) => (n,d_model); the cache grows by n tokens of kv_lora_rank + qk_rope_head_dim.
+  /// \throws attend::shape_error as forward(x), when the cache holds tokens of a layer of other sizes, and when
+  ///         kv_b_proj has a nonzero key bias together with a softcap (that bias then no longer cancels in the
+  ///         softmax and cannot be absorbed). The cache is unchanged when it throws.
+  template <class Derived>
+  Matrix<T> forward(const Eigen::MatrixBase<Derived>& x, LatentCache<T>& cache, const Options& options = {}) const {
+    constexpr const char* fn = "MultiHeadLatentAttention::forward";
+    detail::static_check_scalars<T, Derived>();
+    check(fn, x, options);
+    const Config& c = config;
+    const Index h_count = c.heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, dv = c.v_head_dim;
+    const Index r = c.kv_lora_rank, qk = nope + rope;
+    cache.check_widths(fn, r, rope);
+    const bool has_kv_bias = kv_b_proj.bias.size() != 0;
+    if (has_kv_bias && options.softcap > 0)
+      for (Index h = 0; h < h_count; ++h)
+        if (!kv_b_proj.bias.segment(h * (nope + dv), nope).isZero(0))
+          detail::fail(fn, "kv_b_proj.bias has nonzero key entries and options.softcap is ", options.softcap,
+                       ": the latent cache path cannot absorb a key bias under a softcap (use forward(x))");
+
+    const Matrix<T> xe = x;
+    const Index start = cache.size();
+    const Matrix<T> q = queries(xe, start);
+    cache.append(latent_and_rope_key(xe, start), r);
+
+    // W_UK absorbed: head h's latent query is q_nope_h W_UK_h ([n, nope] x [nope, r]). A key bias b adds
+    // q_nope_h . b to every score of a row, which the softmax cancels (no softcap, checked above).
+    Matrix<T> q_latent(xe.rows(), h_count * (r + rope));
+    for (Index h = 0; h < h_count; ++h) {
+      q_latent.middleCols(h * (r + rope), r).noalias() =
+          q.middleCols(h * qk, nope) * kv_b_proj.weight.middleRows(h * (nope + dv), nope);
+      q_latent.middleCols(h * (r + rope) + r, rope) = q.middleCols(h * qk + nope, rope);
+    }
+    Matrix<T> out_latent(xe.rows(), h_count * r);
+    Matrix<T> lse(xe.rows(), h_count);
+    detail::grouped_attention<T>(q_latent, cache.entries(), cache.latent(), nullptr, Heads{c.heads, 1},
+                                 scaled(options), out_latent, &lse);
+
+    // W_UV absorbed into the output: o_h = W_UV_h (sum_j p_j c_j) [+ b_v when the row saw any key, since the
+    // weights then sum to 1].
+    Matrix<T> heads_out(xe.rows(), h_count * dv);
+    for (Index h = 0; h < h_count; ++h) {
+      const Index v_rows = h * (nope + dv) + nope;
+      heads_out.middleCols(h * dv, dv).noalias() =
+          out_latent.middleCols(h * r, r) * kv_b_proj.weight.middleRows(v_rows, dv).transpose();
+      if (has_kv_bias)
+        for (Index i = 0; i < xe.rows(); ++i)
+          if (lse(i, h) != -std::numeric_limits<T>::infinity())
+            heads_out.row(i).segment(h * dv, dv) += kv_b_proj.bias.segment(v_rows, dv).transpose();
+    }
+    return detail::linear(o_proj.weight, o_proj.bias, heads_out);
+  }
+
+  /// Numbers cached per token: the latent and the shared rope key.
+  std::size_t kv_cache_elements_per_token() const {
+    return std::size_t(config.kv_lora_rank) + std::size_t(config.qk_rope_head_dim);
+  }
+
+  /// Throws shape_error naming `fn` when the config is invalid or a weight, bias or norm disagrees with it.
+  void check_weights(const char* fn) const {
+    check_config(fn);
+    const Config& c = config;
+    const Index h = c.heads, qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
+    if (c.q_lora_rank == 0) {
+      detail::check_linear(fn, "q_proj", q_proj, h * qk, c.d_model);
+    } else {
+      detail::check_linear(fn, "q_a_proj", q_a_proj, c.q_lora_rank, c.d_model);
+      check_norm(fn, "q_a_layernorm", q_a_layernorm, c.q_lora_rank);
+      detail::check_linear(fn, "q_b_proj", q_b_proj, h * qk, c.q_lora_rank);
+    }
+    detail::check_linear(fn, "kv_a_proj_with_mqa", kv_a_proj_with_mqa, c.kv_lora_rank + c.qk_rope_head_dim,
+                         c.d_model);
+    check_norm(fn, "kv_a_layernorm", kv_a_layernorm, c.kv_lora_rank);
+    detail::check_linear(fn, "kv_b_proj", kv_b_proj, h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+    detail::check_linear(fn, "o_proj", o_proj, c.d_model, h * c.v_head_dim);
+  }
+
+ private:
+  void check_config(const char* fn) const {
+    const Config& c = config;
+    if (c.d_model < 1) detail::fail(fn, "config.d_model is ", c.d_model, ", expected at least 1");
+    if (c.heads < 1) detail::fail(fn, "config.heads is ", c.heads, ", expected at least 1");
+    if (c.q_lora_rank < 0) detail::fail(fn, "config.q_lora_rank is ", c.q_lora_rank, ", expected >= 0");
+    if (c.kv_lora_rank < 1) detail::fail(fn, "config.kv_lora_rank is ", c.kv_lora_rank, ", expected at least 1");
+    if (c.qk_nope_head_dim < 0 || c.qk_rope_head_dim < 0 || c.qk_nope_head_dim + c.qk_rope_head_dim < 1)
+      detail::fail(fn, "config.qk_nope_head_dim ", c.qk_nope_head_dim, " and qk_rope_head_dim ", c.qk_rope_head_dim,
+                   " must be >= 0 with a positive sum");
+    if (c.qk_rope_head_dim % 2 != 0)
+      detail::fail(fn, "config.qk_rope_head_dim is ", c.qk_rope_head_dim,
+                   ", expected an even number (RoPE rotates pairs of features)");
+    if (c.v_head_dim < 1) detail::fail(fn, "config.v_head_dim is ", c.v_head_dim, ", expected at least 1");
+    if (!(std::isfinite(c.rope_theta) && c.rope_theta > 0))
+      detail::fail(fn, "config.rope_theta is ", c.rope_theta, ", expected a finite value > 0");
+  }
+
+  static void check_norm(const char* fn, const char* name, const RMSNorm<T>& norm, Index width) {
+    if (norm.weight.size() != 0 && norm.weight.size() != width)
+      detail::fail(fn, name, ".weight has ", norm.weight.size(), " entries, expected 0 (identity) or ", width);
+  }
+
+  template <class Derived>
+  void check(const char* fn, const Eigen::MatrixBase<Derived>& x, const Options& options) const {
+    check_weights(fn);
+    detail::check_input(fn, "x", x, config.d_model);
+    detail::check_options(fn, options);
+  }
+
+  Options scaled(const Options& options) const {
+    Options o = options;
+    if (!o.scale) o.scale = 1.0 / std::sqrt(double(config.qk_nope_head_dim + config.qk_rope_head_dim));
+    return o;
+  }
+
+  /// [L, heads*(nope+rope)] with RoPE applied to each head's rope features, row r at position start + r.
+  Matrix<T> queries(const Matrix<T>& x, Index start) const {
+    const Config& c = config;
+    Matrix<T> q = c.q_lora_rank == 0
+                      ? detail::linear(q_proj.weight, q_proj.bias, x)
+                      : detail::linear(q_b_proj.weight, q_b_proj.bias,
+                                       q_a_layernorm(detail::linear(q_a_proj.weight, q_a_proj.bias, x)));
+    const Index qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
+    for (Index h = 0; h < c.heads; ++h)
+      detail::rope_slice_in_place<T>(q, h * qk + c.qk_nope_head_dim, c.qk_rope_head_dim, start, c.rope_theta,
+                                     c.rope_layout);
+    return q;
+  }
+
+  /// [L, kv_lora_rank + rope]: the normalized latent, then the roped shared key: what the cache holds.
+  Matrix<T> latent_and_rope_key(const Matrix<T>& x, Index start) const {
+    const Config& c = config;
+    Matrix<T> kv = detail::linear(kv_a_proj_with_mqa.weight, kv_a_proj_with_mqa.bias, x);
+    kv.leftCols(c.kv_lora_rank) = kv_a_layernorm(kv.leftCols(c.kv_lora_rank));
+    detail::rope_slice_in_place<T>(kv, c.kv_lora_rank, c.qk_rope_head_dim, start, c.rope_theta, c.rope_layout);
+    return kv;
+  }
+};
+
+}  // namespace attend
