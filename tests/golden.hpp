@@ -72,8 +72,7 @@ struct GoldenCase {
   int integer(const std::string& key) const {
     const double v = number(key);
     if (!(std::abs(v) <= 1e8) || v != static_cast<double>(static_cast<long>(v)))
-      throw std::runtime_error("golden case " + name + ": param '" + key + "' is not an integer: '" + text(key) +
-                               "'");
+      throw std::runtime_error("golden case " + name + ": param '" + key + "' is not an integer: '" + text(key) + "'");
     return static_cast<int>(v);
   }
   const Eigen::MatrixXd& at(const std::string& key) const {
