@@ -7,6 +7,7 @@
 #include "attend/detail/checks.hpp"
 #include "attend/masks.hpp"
 #include "attend/shapes.hpp"
+#include "attend/softmax.hpp"
 
 namespace attend {
 namespace detail {
@@ -40,6 +41,26 @@ Matrix<typename DQ::Scalar> multi_head_attention(const Eigen::MatrixBase<DQ>& q,
                                                  const Eigen::MatrixBase<DV>& v, Heads heads,
                                                  const Options& options = {}) {
   return detail::multi_head("multi_head_attention", q, k, v, heads, options);
+}
+
+/// multi_head_attention() that also returns, per row and query head, the log-sum-exp of the visible scaled
+/// scores (-inf where that head's row sees no key). Attention over keys split into disjoint parts (threads,
+/// machines, cache segments) is recombined exactly by merge_attention().
+///
+/// **Shapes:** (Lq,H*d) x (Lk,G*d) x (Lk,G*dv) => out (Lq,H*dv), lse (Lq,H)
+/// \throws attend::shape_error as multi_head_attention().
+template <class DQ, class DK, class DV>
+AttentionResult<typename DQ::Scalar> multi_head_attention_with_lse(const Eigen::MatrixBase<DQ>& q,
+                                                                   const Eigen::MatrixBase<DK>& k,
+                                                                   const Eigen::MatrixBase<DV>& v, Heads heads,
+                                                                   const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  detail::static_check_scalars<T, DK, DV>();
+  detail::check_multi_head("multi_head_attention_with_lse", q, k, v, heads, options);
+  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
+  AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols() / heads.kv * heads.query), Matrix<T>(qe.rows(), heads.query)};
+  detail::grouped_attention<T>(qe, ke, ve, nullptr, heads, options, r.out, &r.lse);
+  return r;
 }
 
 /// multi_head_attention() into a preallocated `out` [Lq, H*dv]; `out` must not alias the inputs.

@@ -59,6 +59,26 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase
   return out;
 }
 
+/// scaled_dot_product_attention() that also returns each row's log-sum-exp of its visible scaled scores
+/// (lse [Lq, 1], -inf for a row that sees no key), so results over disjoint key sets can be combined exactly
+/// with merge_attention().
+///
+/// **Shapes:** (Lq,d) x (Lk,d) x (Lk,dv) => out (Lq,dv), lse (Lq,1)
+/// \throws attend::shape_error as scaled_dot_product_attention().
+template <class DQ, class DK, class DV>
+AttentionResult<typename DQ::Scalar> scaled_dot_product_attention_with_lse(const Eigen::MatrixBase<DQ>& q,
+                                                                           const Eigen::MatrixBase<DK>& k,
+                                                                           const Eigen::MatrixBase<DV>& v,
+                                                                           const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  detail::static_check_scalars<T, DK, DV>();
+  detail::check_attention("scaled_dot_product_attention_with_lse", q, k, v, options);
+  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
+  AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols()), Matrix<T>(qe.rows(), 1)};
+  detail::grouped_attention<T>(qe, ke, ve, nullptr, Heads{1, 1}, options, r.out, &r.lse);
+  return r;
+}
+
 /// scaled_dot_product_attention() into a preallocated `out` (no allocation of the result; for hot loops).
 /// `out` must not alias q, k or v.
 ///
