@@ -32,14 +32,18 @@
 
 namespace attend::detail {
 
-/// Tile sizes. Measured on the 2-core AVX-512 development machine (fp32, d = 64 and 128, L = 4096, one thread,
-/// see docs/benchmarks.md): 256 x 256 tiles keep the two products near Eigen's GEMM speed while the scores
-/// (256 KiB in float) stay in L2; 64-row tiles lose ~25%. Decode chunks of 1024 keys give a 16k cache 16
-/// chunks per kv group to spread over threads, each long enough to stream at memory speed.
+/// Tile sizes. Measured on the 2-core AVX-512 development machine (fp32, one thread, see docs/benchmarks.md):
+/// - prefill (L = 4096, d = 64 and 128): 256 x 256 tiles keep both products near Eigen's GEMM speed while the
+///   scores (256 KiB in float) stay in L2; 64-row tiles lose ~25%.
+/// - tiles of at most kFewRows query rows (decoding): 64-key tiles keep the K tile in L1 while each query row
+///   reads it (GQA 32/8, d = 128, 16k cache: 11.8 GB/s of KV at 64 keys, 8.9 at 256, 5.8 at 512).
+/// - decode chunks of 4096 keys: a 16k cache gives 4 chunks to spread over threads, each long enough to stream
+///   at memory speed (1024-key chunks measured 0-15% slower).
 struct Tiles {
   Index queries = 256;
   Index keys = 256;
-  Index decode_chunk = 1024;
+  Index decode_chunk = 4096;
+  Index few_rows_keys = 64;
 };
 
 /// Tiles with at most this many query rows use matrix-vector products instead of matrix products.
@@ -275,6 +279,7 @@ void grouped_attention(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const
   // Whole positions per tile, so a tile's key ranges come from its first and last positions.
   const Index tile_positions = std::max<Index>(1, tiles.queries / stack);
   const Index tile_rows = tile_positions * stack;
+  const Index key_tile = lq * stack <= kFewRows ? tiles.few_rows_keys : tiles.keys;  // see Tiles
   [[maybe_unused]] const double work = double(lq) * stack * groups * double(lk) * double(d + pb.dv);
 
   const auto scatter = [&](Index g, Index p0, Index p1, const auto& rows_out, const auto& rows_lse) {
@@ -299,7 +304,7 @@ void grouped_attention(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const
 #pragma omp parallel if (worth_threads(tasks, work))
 #endif
     {
-      std::vector<Workspace<T>> ws(groups, Workspace<T>(rows, tiles.keys, d, pb.dv));
+      std::vector<Workspace<T>> ws(groups, Workspace<T>(rows, key_tile, d, pb.dv));
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -309,8 +314,8 @@ void grouped_attention(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const
         for (Index g = 0; g < groups; ++g) runs.emplace_back(pb, g, 0, lq, ws[g]);
         const KeyRange seen = runs[0].keys();  // the same positions in every group
         const Index k_end = std::min({seen.end, lk, (c + 1) * tiles.decode_chunk});
-        for (Index kt = std::max(seen.begin, c * tiles.decode_chunk); kt < k_end; kt += tiles.keys)
-          for (auto& run : runs) run.absorb(kt, std::min(tiles.keys, k_end - kt));
+        for (Index kt = std::max(seen.begin, c * tiles.decode_chunk); kt < k_end; kt += key_tile)
+          for (auto& run : runs) run.absorb(kt, std::min(key_tile, k_end - kt));
         for (Index g = 0; g < groups; ++g) {
           runs[g].finish();
           part_out[g * chunks + c] = ws[g].acc.topRows(rows);
@@ -343,14 +348,14 @@ void grouped_attention(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const
 #pragma omp parallel if (worth_threads(tasks, work))
 #endif
   {
-    Workspace<T> ws(std::min(tile_rows, lq * stack), tiles.keys, d, pb.dv);
+    Workspace<T> ws(std::min(tile_rows, lq * stack), key_tile, d, pb.dv);
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
     for (Index t = 0; t < tasks; ++t) {
       const Index tile = later_is_heavier ? n_tiles - 1 - t / groups : t / groups, g = t % groups;
       const Index p0 = tile * tile_positions, p1 = std::min(lq, p0 + tile_positions);
-      attend_tile(pb, g, p0, p1, KeyRange{0, lk}, tiles.keys, ws);
+      attend_tile(pb, g, p0, p1, KeyRange{0, lk}, key_tile, ws);
       scatter(g, p0, p1, ws.acc, ws.sum);
     }
   }
