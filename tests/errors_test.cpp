@@ -7,25 +7,15 @@
 #include <limits>
 #include <string>
 
+#include "test_util.hpp"
+
 using attend::Heads;
 using attend::Mask;
 using attend::Matrix;
 using attend::Options;
+using attend_test::expect_error;
 
 namespace {
-
-// Runs `call`, expects shape_error, and checks that its message contains every fragment.
-void expect_error(const std::function<void()>& call, std::initializer_list<std::string> fragments) {
-  try {
-    call();
-    ADD_FAILURE() << "no exception";
-  } catch (const attend::shape_error& e) {
-    const std::string what = e.what();
-    for (const auto& f : fragments) EXPECT_NE(what.find(f), std::string::npos) << "'" << f << "' not in: " << what;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "other exception: " << e.what();
-  }
-}
 
 const Matrix<float> q44 = Matrix<float>::Ones(4, 4), k54 = Matrix<float>::Ones(5, 4), v52 = Matrix<float>::Ones(5, 2);
 

@@ -14,6 +14,7 @@ using attend::Index;
 using attend::Mask;
 using attend::Matrix;
 using attend::Options;
+using attend_test::expect_error;
 using attend::Vector;
 using attend_test::max_abs_diff;
 using attend_test::random_matrix;
@@ -265,16 +266,6 @@ TYPED_TEST(Layers, RmsNormAndLinear) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-
-void expect_error(const std::function<void()>& call, std::initializer_list<std::string> fragments) {
-  try {
-    call();
-    ADD_FAILURE() << "no exception";
-  } catch (const attend::shape_error& e) {
-    const std::string what = e.what();
-    for (const auto& f : fragments) EXPECT_NE(what.find(f), std::string::npos) << "'" << f << "' not in: " << what;
-  }
-}
 
 TEST(LayerErrors, ConstructorsRejectBadSizes) {
   expect_error([] { attend::MultiHeadAttention<float>(0, 2, 2, 4); }, {"MultiHeadAttention", "d_model is 0"});

@@ -5,8 +5,11 @@
 
 #include <attend/attend.hpp>
 #include <cmath>
+#include <functional>
+#include <initializer_list>
 #include <limits>
 #include <random>
+#include <string>
 
 namespace attend_test {
 
@@ -36,5 +39,18 @@ double max_abs_diff(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b
 inline bool all_finite(const attend::Matrix<double>& m) { return m.allFinite(); }
 
 using Scalars = ::testing::Types<float, double>;
+
+// Runs `call`, expects attend::shape_error, and checks that its message contains every fragment.
+inline void expect_error(const std::function<void()>& call, std::initializer_list<std::string> fragments) {
+  try {
+    call();
+    ADD_FAILURE() << "no exception";
+  } catch (const attend::shape_error& e) {
+    const std::string what = e.what();
+    for (const auto& f : fragments) EXPECT_NE(what.find(f), std::string::npos) << "'" << f << "' not in: " << what;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "other exception: " << e.what();
+  }
+}
 
 }  // namespace attend_test

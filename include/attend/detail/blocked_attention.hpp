@@ -297,11 +297,11 @@ void grouped_attention(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const
     // is one chunk for every group, walking each key tile through all groups: a group's keys are a column
     // slice of every key row (a new 4 KiB page per row at 8 heads of 128 floats), so group-by-group passes
     // would read memory in page-strided bits that defeat the prefetcher.
-    const Index rows = lq * stack, tasks = chunks;
+    const Index rows = lq * stack;
     std::vector<Matrix<T>> part_out(groups * chunks, Matrix<T>(rows, pb.dv));
     std::vector<Vector<T>> part_lse(groups * chunks, Vector<T>(rows));
 #if defined(_OPENMP)
-#pragma omp parallel if (worth_threads(tasks, work))
+#pragma omp parallel if (worth_threads(chunks, work))
 #endif
     {
       std::vector<Workspace<T>> ws(groups, Workspace<T>(rows, key_tile, d, pb.dv));
