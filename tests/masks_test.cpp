@@ -54,6 +54,22 @@ TEST(Mask, RangesNeverMoveLeftAsRowsAdvance) {  // the blocked kernel bounds a t
         }
 }
 
+// A block of queries at offset qo and a block of keys at offset ko of one sequence see each other exactly as
+// the whole sequence's causal mask says, with diagonal qo - ko.
+TEST(Mask, WithDiagonalPlacesBlocksOfOneSequence) {
+  const Index n = 12;
+  for (const Mask& whole : {Mask::causal(), Mask::causal_top_left(), Mask::sliding_window(3)})
+    for (Index qo : {0, 4, 8})
+      for (Index ko : {0, 4, 8})
+        for (Index i = 0; i < 4; ++i)
+          for (Index j = 0; j < 4; ++j)
+            EXPECT_EQ(whole.with_diagonal(qo - ko).visible(i, j, 4, 4), whole.visible(qo + i, ko + j, n, n))
+                << whole << " qo=" << qo << " ko=" << ko << " i=" << i << " j=" << j;
+  EXPECT_EQ(Mask::none().with_diagonal(3), Mask::none());
+  EXPECT_NE(Mask::causal().with_diagonal(0), Mask::causal());
+  EXPECT_EQ(Mask::causal().with_diagonal(2).keys(0, 1, 9).end, 3);  // fixed: not bottom-right any more
+}
+
 TEST(Mask, CausalAlignments) {
   // 2 queries, 4 keys: bottom-right puts the last query on the last key; top-left on the first keys.
   EXPECT_EQ(Mask::causal().keys(0, 2, 4).end, 3);

@@ -44,6 +44,35 @@ TYPED_TEST(Parallel, MergingDisjointKeySetsEqualsOnePass) {
   EXPECT_LE(max_abs_diff(pairwise.out, whole.out), tolerance<T>());
 }
 
+// The ring-attention primitive: a long causal sequence cut into blocks; each query block attends to each key
+// block with the whole sequence's mask placed by with_diagonal(), and merging gives the one-pass result.
+TYPED_TEST(Parallel, BlockwiseCausalWithDiagonalsMergesToOnePass) {
+  using T = TypeParam;
+  std::mt19937 rng(44);
+  const Heads h{4, 2};
+  const Index n = 50;
+  const std::vector<Index> cuts = {0, 13, 14, 31, 50};  // uneven blocks
+  const auto q = random_matrix<T>(n, 4 * 8, rng), k = random_matrix<T>(n, 2 * 8, rng), v = random_matrix<T>(n, 2 * 8, rng);
+  for (const Mask& m : {Mask::causal(), Mask::sliding_window(9)}) {
+    Options whole;
+    whole.mask = m;
+    const Matrix<T> want = attend::multi_head_attention(q, k, v, h, whole);
+    for (std::size_t a = 0; a + 1 < cuts.size(); ++a) {
+      const Index qo = cuts[a], lq = cuts[a + 1] - qo;
+      std::vector<attend::AttentionResult<T>> parts;
+      for (std::size_t b = 0; b + 1 < cuts.size(); ++b) {
+        const Index ko = cuts[b], lk = cuts[b + 1] - ko;
+        Options o;
+        o.mask = m.with_diagonal(qo - ko);
+        parts.push_back(attend::multi_head_attention_with_lse(q.middleRows(qo, lq), k.middleRows(ko, lk),
+                                                              v.middleRows(ko, lk), h, o));
+      }
+      EXPECT_LE(max_abs_diff(attend::merge_attention(parts).out, want.middleRows(qo, lq)), tolerance<T>())
+          << m << " query block " << a;
+    }
+  }
+}
+
 TYPED_TEST(Parallel, LseOfASingleHeadIsTheLogOfTheSoftmaxDenominator) {
   using T = TypeParam;
   Matrix<T> q(1, 1), k(2, 1), v(2, 1);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <ostream>
 
 #include "attend/errors.hpp"
 #include "attend/shapes.hpp"
@@ -39,6 +40,18 @@ class Mask {
   /// not throw, so a bad mask fails where it is used, with that function's name).
   static Mask sliding_window(Index window) { return Mask(Kind::sliding_window, window); }
 
+  /// The same mask with its diagonal fixed: query i sees keys j <= i + diagonal (and, for sliding_window,
+  /// j > i + diagonal - window) whatever Lq and Lk are. This places a block of queries and a block of keys
+  /// taken from one longer sequence: with query block offset qo and key block offset ko, `diagonal = qo - ko`
+  /// gives the causal mask of the whole sequence (as ring attention needs). none() is unchanged.
+  Mask with_diagonal(Index diagonal) const {
+    Mask m = *this;
+    if (kind_ != Kind::none) m.diagonal_ = diagonal;
+    return m;
+  }
+  /// The fixed diagonal, if with_diagonal() set one.
+  std::optional<Index> diagonal() const { return diagonal_; }
+
   Kind kind() const { return kind_; }
   /// The window of sliding_window(), 0 for the other kinds.
   Index window() const { return window_; }
@@ -48,15 +61,16 @@ class Mask {
   /// The keys query row `i` of `lq` may see among `lk` keys.
   KeyRange keys(Index i, Index lq, Index lk) const {
     const auto clamp = [lk](Index x) { return std::clamp<Index>(x, 0, lk); };
+    // The last key query i sees is i + diagonal: lk - lq aligns the last query with the last key.
+    const Index diagonal = diagonal_ ? *diagonal_ : (kind_ == Kind::causal_top_left ? 0 : lk - lq);
     switch (kind_) {
       case Kind::none:
         return {0, lk};
       case Kind::causal:
-        return {0, clamp(i + (lk - lq) + 1)};
       case Kind::causal_top_left:
-        return {0, clamp(i + 1)};
+        return {0, clamp(i + diagonal + 1)};
       case Kind::sliding_window: {
-        const Index end = i + (lk - lq) + 1;
+        const Index end = i + diagonal + 1;
         return {clamp(end - window_), clamp(end)};
       }
     }
@@ -69,20 +83,27 @@ class Mask {
     return j >= r.begin && j < r.end;
   }
 
-  friend bool operator==(const Mask& a, const Mask& b) { return a.kind_ == b.kind_ && a.window_ == b.window_; }
+  friend bool operator==(const Mask& a, const Mask& b) {
+    return a.kind_ == b.kind_ && a.window_ == b.window_ && a.diagonal_ == b.diagonal_;
+  }
   friend bool operator!=(const Mask& a, const Mask& b) { return !(a == b); }
 
   friend std::ostream& operator<<(std::ostream& os, const Mask& m) {
     switch (m.kind_) {
       case Kind::none:
-        return os << "none()";
+        os << "none()";
+        break;
       case Kind::causal:
-        return os << "causal()";
+        os << "causal()";
+        break;
       case Kind::causal_top_left:
-        return os << "causal_top_left()";
+        os << "causal_top_left()";
+        break;
       case Kind::sliding_window:
-        return os << "sliding_window(" << m.window_ << ')';
+        os << "sliding_window(" << m.window_ << ')';
+        break;
     }
+    if (m.diagonal_) os << ".with_diagonal(" << *m.diagonal_ << ')';
     return os;
   }
 
@@ -90,6 +111,7 @@ class Mask {
   Mask(Kind kind, Index window) : kind_(kind), window_(window) {}
   Kind kind_ = Kind::none;
   Index window_ = 0;
+  std::optional<Index> diagonal_;
 };
 
 /// How scores are formed: `s = scale * (q . k)`, then softcap, then additive bias, then the mask, then a
