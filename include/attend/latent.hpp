@@ -135,7 +135,7 @@ struct MultiHeadLatentAttention {
     const Config& c = config;
     const Index h_count = c.heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, dv = c.v_head_dim;
     const Index r = c.kv_lora_rank, qk = nope + rope;
-    const Matrix<T> xe = x;
+    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
     const Matrix<T> q = queries(xe, 0);
     const Matrix<T> latent = latent_and_rope_key(xe, 0);
     const Matrix<T> kv = detail::linear(kv_b_proj.weight, kv_b_proj.bias, latent.leftCols(r));
@@ -175,7 +175,7 @@ struct MultiHeadLatentAttention {
           detail::fail(fn, "kv_b_proj.bias has nonzero key entries and options.softcap is ", options.softcap,
                        ": the latent cache path cannot absorb a key bias under a softcap (use forward(x))");
 
-    const Matrix<T> xe = x;
+    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
     const Index start = cache.size();
     const Matrix<T> q = queries(xe, start);
     cache.append(latent_and_rope_key(xe, start), r);
@@ -269,7 +269,7 @@ struct MultiHeadLatentAttention {
   }
 
   /// [L, heads*(nope+rope)] with RoPE applied to each head's rope features, row r at position start + r.
-  Matrix<T> queries(const Matrix<T>& x, Index start) const {
+  Matrix<T> queries(const detail::ConstRowsRef<T>& x, Index start) const {
     const Config& c = config;
     Matrix<T> q = c.q_lora_rank == 0
                       ? detail::linear(q_proj.weight, q_proj.bias, x)
@@ -283,7 +283,7 @@ struct MultiHeadLatentAttention {
   }
 
   /// [L, kv_lora_rank + rope]: the normalized latent, then the roped shared key: what the cache holds.
-  Matrix<T> latent_and_rope_key(const Matrix<T>& x, Index start) const {
+  Matrix<T> latent_and_rope_key(const detail::ConstRowsRef<T>& x, Index start) const {
     const Config& c = config;
     Matrix<T> kv = detail::linear(kv_a_proj_with_mqa.weight, kv_a_proj_with_mqa.bias, x);
     kv.leftCols(c.kv_lora_rank) = kv_a_layernorm(kv.leftCols(c.kv_lora_rank));

@@ -199,7 +199,7 @@ struct MultiHeadAttention {
     constexpr const char* fn = "MultiHeadAttention::forward";
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
-    const Matrix<T> xe = x;
+    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
     return attend_heads(project(q_proj, xe), project(k_proj, xe), project(v_proj, xe), options);
   }
 
@@ -214,7 +214,7 @@ struct MultiHeadAttention {
     detail::static_check_scalars<T, Derived, Context>();
     check(fn, x, options);
     detail::check_input(fn, "context", context, d_model);
-    const Matrix<T> ce = context;
+    const detail::ConstRowsRef<T> ce(context.derived());
     return attend_heads(project(q_proj, x), project(k_proj, ce), project(v_proj, ce), options);
   }
 
@@ -232,7 +232,7 @@ struct MultiHeadAttention {
     check(fn, x, options);
     const Index kv_width = Index(kv_heads) * head_dim;
     cache.check_widths(fn, kv_width, kv_width);
-    const Matrix<T> xe = x;
+    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
     cache.append(project(k_proj, xe), project(v_proj, xe));
     return attend_heads(project(q_proj, xe), cache.keys(), cache.values(), options);
   }
