@@ -1,0 +1,196 @@
+// Prefill benchmarks: attend::multi_head_attention against the naive materializing baseline, same shapes, same
+// binary; and Eigen's SGEMM on this machine as the yardstick.
+//
+//   attend_prefill/L:<L>/d:<d>/H:<H>/G:<G>/causal:<0|1>/real_time   attend::multi_head_attention, q [L, H*d],
+//                                                                    k, v [L, G*d] (G == H: MHA, G < H: GQA/MQA)
+//   naive_prefill/...same args...                                    bench::naive_attention (bench_common.hpp)
+//   sgemm/M:<M>/K:<K>/N:<N>/real_time                                c.noalias() = a * b, row-major float
+//   attend_peak_memory/L:<L>/d:<d>/H:<H>/causal:<0|1>/real_time       only with --attend_peak_memory[=L]: extra
+//                                                                    resident memory of one prefill (run it in a
+//                                                                    process of its own, see scripts/bench_report.py)
+//
+// Counters: GFLOPS (useful FLOPs per second of real time: 4*Lq*Lk*d per query head, halved for causal),
+// omp_threads (OMP_NUM_THREADS decides it). Example:
+//   OMP_NUM_THREADS=1 ./attention_bench --benchmark_filter='prefill/L:4096/d:128' --benchmark_min_time=0.05
+
+#include <cstdio>
+#include <cstring>
+
+#include "bench_common.hpp"
+
+namespace {
+
+using bench::Index;
+using bench::Mat;
+
+// ------------------------------------------------------------------------------------------------------------
+// Prefill
+// ------------------------------------------------------------------------------------------------------------
+
+struct PrefillShape {
+  Index L, d;
+  int H, G;
+  bool causal;
+};
+
+PrefillShape prefill_shape(const benchmark::State& state) {
+  return {state.range(0), state.range(1), int(state.range(2)), int(state.range(3)), state.range(4) != 0};
+}
+
+void prefill_counters(benchmark::State& state, const PrefillShape& s) {
+  bench::common_counters(state);
+  state.counters["GFLOPS"] = bench::rate(1e-9 * bench::attention_flops(s.L, s.L, s.d, s.H, s.causal, false));
+}
+
+void attend_prefill(benchmark::State& state) {
+  const PrefillShape s = prefill_shape(state);
+  const bench::Inputs& in = bench::inputs(s.L, s.L, s.H * s.d, s.G * s.d, s.G * s.d);
+  attend::Options options;
+  if (s.causal) options.mask = attend::Mask::causal();
+  for (auto _ : state) {
+    Mat out = attend::multi_head_attention(in.q, in.k, in.v, attend::Heads{s.H, s.G}, options);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  prefill_counters(state, s);
+}
+
+void naive_prefill(benchmark::State& state) {
+  const PrefillShape s = prefill_shape(state);
+  const bench::Inputs& in = bench::inputs(s.L, s.L, s.H * s.d, s.G * s.d, s.G * s.d);
+  Mat scores(s.L, s.L), out(s.L, s.H * s.d);
+  for (auto _ : state) {
+    bench::naive_attention(in.q, in.k, in.v, s.H, s.G, s.causal, scores, out);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  prefill_counters(state, s);
+}
+
+// The same argument list for both, so every attend row has its naive twin.
+void prefill_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"L", "d", "H", "G", "causal"});
+  // MHA, H = 8: the full grid.
+  for (int causal : {0, 1})
+    for (int d : {64, 128})
+      for (int L : {512, 1024, 2048, 4096, 8192}) b->Args({L, d, 8, 8, causal});
+  // GQA (8 query heads over 2 kv heads) and MQA (over 1), d = 128.
+  for (int G : {2, 1})
+    for (int causal : {0, 1})
+      for (int L : {1024, 4096}) b->Args({L, 128, 8, G, causal});
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+BENCHMARK(attend_prefill)->Apply(prefill_args);
+// The naive baseline at L = 8192 needs one 256 MiB score matrix (reused by every head): kept.
+BENCHMARK(naive_prefill)->Apply(prefill_args);
+
+// ------------------------------------------------------------------------------------------------------------
+// SGEMM reference
+// ------------------------------------------------------------------------------------------------------------
+
+void sgemm(benchmark::State& state) {
+  const Index m = state.range(0), k = state.range(1), n = state.range(2);
+  const Mat a = bench::random_matrix(m, k, 11), b = bench::random_matrix(k, n, 12);
+  Mat c(m, n);
+  for (auto _ : state) {
+    c.noalias() = a * b;
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  bench::common_counters(state);
+  state.counters["GFLOPS"] = bench::rate(2e-9 * double(m) * double(k) * double(n));
+}
+
+// 1024^3 is the reference of the report; then the whole-sequence products of attention at L = 4096
+// (S = Q K^T: L x d x L, O = P V: L x L x d) and the per-tile products of a 256 x 256 tile.
+BENCHMARK(sgemm)
+    ->ArgNames({"M", "K", "N"})
+    ->Args({1024, 1024, 1024})
+    ->Args({4096, 64, 4096})
+    ->Args({4096, 4096, 64})
+    ->Args({4096, 128, 4096})
+    ->Args({4096, 4096, 128})
+    ->Args({256, 64, 256})
+    ->Args({256, 256, 64})
+    ->Args({256, 128, 256})
+    ->Args({256, 256, 128})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// ------------------------------------------------------------------------------------------------------------
+// Peak memory of one prefill (opt-in)
+// ------------------------------------------------------------------------------------------------------------
+
+// A field of /proc/self/status in KiB ("VmRSS", "VmHWM"), -1 when unavailable.
+long status_kib(const char* field) {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long value = -1;
+  const std::size_t n = std::strlen(field);
+  while (std::fgets(line, sizeof line, f))
+    if (std::strncmp(line, field, n) == 0 && line[n] == ':') {
+      value = std::strtol(line + n + 1, nullptr, 10);
+      break;
+    }
+  std::fclose(f);
+  return value;
+}
+
+// Resets the peak resident set size (VmHWM) to the current one (Linux >= 4.0).
+bool reset_peak() {
+  std::FILE* f = std::fopen("/proc/self/clear_refs", "w");
+  if (!f) return false;
+  const bool ok = std::fputs("5", f) >= 0;
+  return std::fclose(f) == 0 && ok;
+}
+
+void attend_peak_memory(benchmark::State& state) {
+  const Index L = state.range(0), d = state.range(1);
+  const int H = int(state.range(2));
+  const bool causal = state.range(3) != 0;
+  const bench::Inputs& in = bench::inputs(L, L, H * d, H * d, H * d);
+  attend::Options options;
+  if (causal) options.mask = attend::Mask::causal();
+  const double mib = 1.0 / 1024.0;
+  double extra = 0, peak = 0;
+  bool reset = true;
+  for (auto _ : state) {
+    state.PauseTiming();
+    reset = reset_peak() && reset;
+    const long before = status_kib("VmRSS");
+    state.ResumeTiming();
+    Mat out = attend::multi_head_attention(in.q, in.k, in.v, attend::Heads{H, H}, options);
+    benchmark::DoNotOptimize(out.data());
+    state.PauseTiming();
+    const long hwm = status_kib("VmHWM");
+    const double out_kib = double(out.size()) * sizeof(float) / 1024.0;
+    extra = std::max(extra, (double(hwm - before) - out_kib) * mib);
+    peak = std::max(peak, double(hwm) * mib);
+    state.ResumeTiming();
+  }
+  bench::common_counters(state);
+  state.counters["GFLOPS"] = bench::rate(1e-9 * bench::attention_flops(L, L, d, H, causal, false));
+  state.counters["inputs_MiB"] = double(in.q.size() + in.k.size() + in.v.size()) * sizeof(float) / (1 << 20);
+  state.counters["output_MiB"] = double(L) * H * d * sizeof(float) / (1 << 20);
+  state.counters["extra_MiB"] = extra;  // peak resident growth during the call beyond the output
+  state.counters["peak_MiB"] = peak;    // VmHWM of the process
+  state.counters["hwm_reset"] = reset ? 1 : 0;  // 0: VmHWM was the lifetime peak (trust it in a fresh process only)
+}
+
+void register_extra(int& argc, char** argv) {
+  const std::string peak = bench::take_flag(argc, argv, "attend_peak_memory", "none");
+  if (peak == "none") return;
+  const long L = peak.empty() ? 16384 : std::stol(peak);
+  benchmark::RegisterBenchmark("attend_peak_memory", attend_peak_memory)
+      ->ArgNames({"L", "d", "H", "causal"})
+      ->Args({L, 64, 8, 0})
+      ->Iterations(1)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+}
+
+}  // namespace
+
+ATTEND_BENCH_MAIN(register_extra)
