@@ -4,7 +4,7 @@
 set -euo pipefail
 
 # The program this command runs, relative to the release build directory.
-ATTEND_MAIN_PROGRAM="examples/01_self_attention"
+ATTEND_MAIN_PROGRAM="examples/tour"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/deps.sh
