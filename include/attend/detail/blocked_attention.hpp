@@ -51,7 +51,7 @@ struct Tiles {
 };
 
 /// Tiles with at most this many query rows use matrix-vector products instead of matrix products.
-inline constexpr Index kFewRows = 8;
+inline constexpr Index kFewRows = 16;
 
 /// One grouped-query attention problem: q [Lq, H*d], k [Lk, G*d], v [Lk, G*dv], optional bias [Lq, Lk] shared by
 /// all heads.
@@ -255,8 +255,9 @@ void merge_rows(const std::vector<const T*>& outs, Index out_stride, const std::
   }
 }
 
-/// Whether the OpenMP team is worth starting: below ~1M multiply-adds the start-up costs more than it saves.
-inline bool worth_threads(Index tasks, double work) { return tasks > 1 && work > double(1 << 20); }
+/// Whether the OpenMP team is worth starting: below ~4M multiply-adds (~40 us on one core) waking the second
+/// thread costs a noticeable share of the call, and far more when another process holds that core.
+inline bool worth_threads(Index tasks, double work) { return tasks > 1 && work > double(1 << 22); }
 
 /// Called at the top of each of our parallel regions: the tile products must not start threads of their own.
 /// Eigen parallelizes a product whenever it runs outside an active team of several threads, which includes
