@@ -5,7 +5,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/deps.sh
-attend_ensure_deps
+attend_ensure_deps "${ATTEND_TEST_DEBIAN_PACKAGES[@]}"
 
 cmake --preset release
 cmake --build --preset release -j2

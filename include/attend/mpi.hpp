@@ -1,0 +1,844 @@
+#pragma once
+/// \file
+/// Sequence-parallel attention across processes with MPI (ring attention). Not part of attend.hpp: include
+/// `<attend/mpi.hpp>` and link `attend::mpi` (attend::attend plus MPI::MPI_CXX; only the MPI C API is used).
+///
+/// One long sequence of L tokens is split across the P ranks of a communicator: each rank holds some rows of
+/// q, k and v (the same rows of all three). Key/value blocks travel around the ring of ranks, rank r sending to
+/// r + 1 and receiving from r - 1, with non-blocking sends and receives that overlap the computation of the
+/// block in hand (double buffering). Each step computes the local queries against the visiting block,
+/// multi_head_attention_with_lse() with the mask placed at the blocks' global positions
+/// (Mask::with_diagonal(q_offset - k_offset)), and merges the partial result exactly (merge_attention()).
+/// Blocks wholly hidden by a causal or sliding-window mask are not computed, and the ring stops early when no
+/// rank needs the blocks further away (short sliding windows).
+///
+/// Rows per rank: contiguous blocks in rank order (ring_attention(q, k, v, heads, options, comm), blocks may
+/// be uneven), or any RowLayout (ring_attention(..., layout, comm)), e.g. RowLayout::zigzag(L, P), which
+/// balances causal work: the sequence is cut into 2P chunks and rank r holds chunks r and 2P-1-r.
+/// scatter_rows()/gather_rows() (and zigzag_scatter()/zigzag_gather()) move a whole sequence from one rank
+/// into a layout and back.
+///
+/// Arguments are checked on every rank and agreed collectively (one MPI_Allgather of a small signature)
+/// before any exchange: if any rank's arguments are invalid or ranks disagree (heads, head dims, options,
+/// scalar type, layout), every rank throws attend::shape_error with the same message; none hangs. (Failures past
+/// that point, such as running out of memory on one rank, are not coordinated: MPI's error handler applies.)
+///
+/// Threads: the MPI calls are made by the calling thread only, outside OpenMP regions (MPI_THREAD_FUNNELED is
+/// enough).
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "attend/detail/checks.hpp"
+#include "attend/errors.hpp"
+#include "attend/masks.hpp"
+#include "attend/multi_head.hpp"
+#include "attend/shapes.hpp"
+#include "attend/softmax.hpp"
+
+namespace attend {
+
+/// Half-open range `[begin, end)` of global rows (token positions) of the whole sequence.
+struct RowRange {
+  Index begin = 0;
+  Index end = 0;
+  Index size() const { return end > begin ? end - begin : 0; }
+  friend bool operator==(const RowRange& a, const RowRange& b) { return a.begin == b.begin && a.end == b.end; }
+};
+
+/// Which rows of one sequence of `length()` tokens each rank of a communicator holds: rank r holds the pieces
+/// `pieces(r)`, stored one after the other in its local matrices (local row 0 is the first row of the first
+/// piece). The pieces of all ranks partition [0, length()).
+class RowLayout {
+ public:
+  /// An empty layout (no ranks).
+  RowLayout() = default;
+
+  /// `pieces[r]` lists the global row ranges rank r holds, in its local row order.
+  /// \throws attend::shape_error unless the non-empty pieces partition [0, L) for some L.
+  explicit RowLayout(std::vector<std::vector<RowRange>> pieces) : pieces_(std::move(pieces)) {
+    std::vector<RowRange> all;
+    for (std::size_t r = 0; r < pieces_.size(); ++r)
+      for (const RowRange& p : pieces_[r]) {
+        if (p.begin < 0 || p.end < p.begin)
+          detail::fail("RowLayout", "rank ", r, " has the row range [", p.begin, ", ", p.end,
+                       "), expected 0 <= begin <= end");
+        if (p.size() > 0) all.push_back(p);
+      }
+    std::sort(all.begin(), all.end(), [](const RowRange& a, const RowRange& b) { return a.begin < b.begin; });
+    Index next = 0;
+    for (const RowRange& p : all) {
+      if (p.begin != next)
+        detail::fail("RowLayout", "the row ranges do not partition [0, L): ",
+                     p.begin < next ? "rows overlap at " : "rows are missing from ", std::min(p.begin, next));
+      next = p.end;
+    }
+    length_ = next;
+  }
+
+  /// Contiguous blocks in rank order: rank r holds rows_per_rank[r] rows following those of ranks < r.
+  static RowLayout contiguous(const std::vector<Index>& rows_per_rank) {
+    std::vector<std::vector<RowRange>> pieces;
+    Index at = 0;
+    for (std::size_t r = 0; r < rows_per_rank.size(); ++r) {
+      if (rows_per_rank[r] < 0) detail::fail("RowLayout::contiguous", "rank ", r, " has ", rows_per_rank[r], " rows");
+      pieces.push_back({RowRange{at, at + rows_per_rank[r]}});
+      at += rows_per_rank[r];
+    }
+    return RowLayout(std::move(pieces));
+  }
+
+  /// Contiguous blocks of (nearly) equal size: rank r holds [r L / P, (r+1) L / P).
+  static RowLayout even(Index length, int ranks) {
+    check_sizes("RowLayout::even", length, ranks);
+    std::vector<Index> rows;
+    for (int r = 0; r < ranks; ++r) rows.push_back(cut(length, ranks, r + 1) - cut(length, ranks, r));
+    return contiguous(rows);
+  }
+
+  /// The load-balanced layout for causal attention: the sequence is cut into 2P chunks of (nearly) equal size,
+  /// chunk c = [c L / 2P, (c+1) L / 2P), and rank r holds chunk r followed by chunk 2P-1-r. Under a causal
+  /// mask every rank then has (nearly) the same number of visible (query, key) pairs.
+  static RowLayout zigzag(Index length, int ranks) {
+    check_sizes("RowLayout::zigzag", length, ranks);
+    std::vector<std::vector<RowRange>> pieces;
+    const int chunks = 2 * ranks;
+    for (int r = 0; r < ranks; ++r) {
+      const int late = chunks - 1 - r;
+      pieces.push_back({RowRange{cut(length, chunks, r), cut(length, chunks, r + 1)},
+                        RowRange{cut(length, chunks, late), cut(length, chunks, late + 1)}});
+    }
+    return RowLayout(std::move(pieces));
+  }
+
+  int ranks() const { return static_cast<int>(pieces_.size()); }
+  Index length() const { return length_; }
+  const std::vector<RowRange>& pieces(int rank) const { return pieces_.at(static_cast<std::size_t>(rank)); }
+
+  /// Rows rank `rank` holds.
+  Index local_rows(int rank) const {
+    Index n = 0;
+    for (const RowRange& p : pieces(rank)) n += p.size();
+    return n;
+  }
+
+  /// The global position of each local row of rank `rank`.
+  std::vector<Index> global_rows(int rank) const {
+    std::vector<Index> rows;
+    for (const RowRange& p : pieces(rank))
+      for (Index i = p.begin; i < p.end; ++i) rows.push_back(i);
+    return rows;
+  }
+
+  /// A hash of the whole layout (the same on every rank that built the same layout).
+  std::uint64_t fingerprint() const {
+    std::uint64_t h = 1469598103934665603ull;  // FNV-1a over (rank count, pieces)
+    const auto mix = [&h](std::uint64_t x) {
+      for (int b = 0; b < 8; ++b) {
+        h ^= (x >> (8 * b)) & 0xffu;
+        h *= 1099511628211ull;
+      }
+    };
+    mix(pieces_.size());
+    for (const auto& rank : pieces_) {
+      mix(rank.size());
+      for (const RowRange& p : rank) {
+        mix(static_cast<std::uint64_t>(p.begin));
+        mix(static_cast<std::uint64_t>(p.end));
+      }
+    }
+    return h;
+  }
+
+  friend bool operator==(const RowLayout& a, const RowLayout& b) { return a.pieces_ == b.pieces_; }
+  friend bool operator!=(const RowLayout& a, const RowLayout& b) { return !(a == b); }
+
+ private:
+  static void check_sizes(const char* fn, Index length, int ranks) {
+    if (length < 0) detail::fail(fn, "length is ", length, ", expected >= 0");
+    if (ranks < 1) detail::fail(fn, "ranks is ", ranks, ", expected >= 1");
+  }
+  static Index cut(Index length, Index parts, Index i) { return length / parts * i + length % parts * i / parts; }
+
+  std::vector<std::vector<RowRange>> pieces_;
+  Index length_ = 0;
+};
+
+/// What one ring_attention() call did on this rank, for profiling (pass a pointer as the last argument).
+struct RingStats {
+  int ranks = 0;                        ///< P
+  int steps = 0;                        ///< blocks sent to the next rank (P - 1, fewer for short windows)
+  int blocks_computed = 0;              ///< (query piece, key piece) pairs computed
+  int blocks_skipped = 0;               ///< pairs wholly hidden by the mask, not computed
+  std::vector<std::size_t> bytes_sent;  ///< bytes sent at each step: rows * G * (d + dv) * sizeof(T)
+  double total_seconds = 0;             ///< wall time of the call (checks and exchange included)
+  double check_seconds = 0;             ///< the collective argument check (one MPI_Allgather)
+  double compute_seconds = 0;           ///< kernels and merges
+  double poll_seconds = 0;              ///< in MPI_Testall between kernel calls (drives the exchange forward)
+  double wait_seconds = 0;              ///< blocked in MPI_Waitall for the exchange of a step to finish
+
+  std::size_t total_bytes_sent() const {
+    std::size_t n = 0;
+    for (std::size_t b : bytes_sent) n += b;
+    return n;
+  }
+};
+
+/// The two key/value block buffers of ring_attention(), kept between calls. Without one, every call allocates
+/// its buffers afresh, and the first write into fresh memory (the received block) costs a page fault per page:
+/// on one machine that made receiving a 16 MiB block 7x slower (10.9 ms instead of 1.4 ms), and RDMA networks
+/// must also register (pin) fresh memory. A layer loop should keep one workspace and pass it to every call.
+/// It grows to the largest call's needs and keeps that memory until release() or destruction. Not shared
+/// between concurrent calls.
+class RingWorkspace {
+ public:
+  /// Bytes held.
+  std::size_t bytes() const { return buffers_[0].size() + buffers_[1].size(); }
+  /// Frees the buffers.
+  void release() {
+    for (auto& b : buffers_) std::vector<unsigned char>().swap(b);
+  }
+  /// Buffer `which` (0 or 1) of at least `size` bytes (used by ring_attention()).
+  unsigned char* buffer(int which, std::size_t size) {
+    auto& b = buffers_[which];
+    if (b.size() < size) b.resize(size);
+    return b.data();
+  }
+
+ private:
+  std::vector<unsigned char> buffers_[2];
+};
+
+namespace detail {
+
+template <class T>
+MPI_Datatype mpi_type() {
+  static_assert(is_supported_scalar<T>, "attend: the scalar type must be float or double");
+  if constexpr (std::is_same_v<T, float>)
+    return MPI_FLOAT;
+  else
+    return MPI_DOUBLE;
+}
+
+/// What every rank tells the others before any exchange, as raw bytes (the same layout on every rank).
+struct MpiSignature {
+  std::int32_t failed = 0;  ///< this rank's local check failed; `message` says why
+  std::int32_t scalar_bytes = 0;
+  std::int32_t heads_query = 0, heads_kv = 0;
+  std::int32_t mask_kind = 0, has_diagonal = 0, has_scale = 0, root = 0;
+  std::int64_t q_rows = 0, q_cols = 0, k_rows = 0, k_cols = 0, v_rows = 0, v_cols = 0;
+  std::int64_t window = 0, diagonal = 0, layout_length = 0;
+  double scale = 0, softcap = 0;
+  std::uint64_t layout_fingerprint = 0;
+  char message[416] = {};
+};
+
+inline void set_message(MpiSignature& s, const std::string& what, const char* fn) {
+  // Drop the "attend::<fn>: " prefix: the collective message adds it back once.
+  std::string text = what;
+  const std::string prefix = std::string("attend::") + fn + ": ";
+  if (text.compare(0, prefix.size(), prefix) == 0) text.erase(0, prefix.size());
+  s.failed = 1;
+  std::strncpy(s.message, text.c_str(), sizeof(s.message) - 1);
+}
+
+inline int comm_size(MPI_Comm comm) {
+  int n = 0;
+  MPI_Comm_size(comm, &n);
+  return n;
+}
+inline int comm_rank(MPI_Comm comm) {
+  int r = 0;
+  MPI_Comm_rank(comm, &r);
+  return r;
+}
+
+/// Local preconditions that make no collective call possible: MPI initialized, a real communicator.
+inline void check_mpi_usable(const char* fn, MPI_Comm comm) {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized) fail(fn, "MPI is not initialized (call MPI_Init first) or already finalized");
+  if (comm == MPI_COMM_NULL) fail(fn, "comm is MPI_COMM_NULL");
+}
+
+/// Allgathers every rank's signature. If any rank's local check failed, every rank throws shape_error naming
+/// the first failing rank and its reason.
+inline std::vector<MpiSignature> agree(const char* fn, const MpiSignature& mine, MPI_Comm comm) {
+  const int size = comm_size(comm);
+  std::vector<MpiSignature> all(static_cast<std::size_t>(size));
+  MPI_Allgather(&mine, sizeof(MpiSignature), MPI_BYTE, all.data(), sizeof(MpiSignature), MPI_BYTE, comm);
+  int failed = 0, first = -1;
+  for (int r = 0; r < size; ++r)
+    if (all[r].failed) {
+      ++failed;
+      if (first < 0) first = r;
+    }
+  if (failed) {
+    all[first].message[sizeof(all[first].message) - 1] = '\0';
+    fail(fn, "rank ", first, " of ", size, ": ", all[first].message,
+         failed > 1 ? " (and " + std::to_string(failed - 1) + " other rank(s) failed their checks)" : std::string());
+  }
+  return all;
+}
+
+inline std::string mask_text(const MpiSignature& s) {
+  std::ostringstream os;
+  switch (static_cast<Mask::Kind>(s.mask_kind)) {
+    case Mask::Kind::none:
+      os << "none()";
+      break;
+    case Mask::Kind::causal:
+      os << "causal()";
+      break;
+    case Mask::Kind::causal_top_left:
+      os << "causal_top_left()";
+      break;
+    case Mask::Kind::sliding_window:
+      os << "sliding_window(" << s.window << ')';
+      break;
+  }
+  if (s.has_diagonal) os << ".with_diagonal(" << s.diagonal << ')';
+  return os.str();
+}
+
+inline std::string shapes_text(const MpiSignature& s) {
+  std::ostringstream os;
+  os << "q " << Shape{s.q_rows, s.q_cols} << ", k " << Shape{s.k_rows, s.k_cols} << ", v " << Shape{s.v_rows, s.v_cols};
+  return os.str();
+}
+
+inline const char* scalar_text(std::int32_t bytes) { return bytes == 4 ? "float" : bytes == 8 ? "double" : "?"; }
+
+/// Throws (on every rank alike: all see the same signatures) when rank `r`'s signature differs from rank 0's in
+/// what all ranks must share.
+inline void check_ring_signatures(const char* fn, const std::vector<MpiSignature>& all) {
+  const MpiSignature& a = all[0];
+  for (std::size_t r = 1; r < all.size(); ++r) {
+    const MpiSignature& b = all[r];
+    std::ostringstream what;
+    if (b.scalar_bytes != a.scalar_bytes)
+      what << "scalar type: rank 0 has " << scalar_text(a.scalar_bytes) << ", rank " << r << " has "
+           << scalar_text(b.scalar_bytes);
+    else if (b.heads_query != a.heads_query || b.heads_kv != a.heads_kv)
+      what << "heads: rank 0 has Heads{" << a.heads_query << ", " << a.heads_kv << "}, rank " << r << " has Heads{"
+           << b.heads_query << ", " << b.heads_kv << '}';
+    else if (b.q_cols != a.q_cols)
+      what << "the head dim: q has " << a.q_cols << " columns on rank 0 but " << b.q_cols << " on rank " << r
+           << " (head dim " << a.q_cols / a.heads_query << " vs " << b.q_cols / b.heads_query << ')';
+    else if (b.k_cols != a.k_cols)
+      what << "k's columns: k has " << a.k_cols << " columns on rank 0 but " << b.k_cols << " on rank " << r;
+    else if (b.v_cols != a.v_cols)
+      what << "the value head dim: v has " << a.v_cols << " columns on rank 0 but " << b.v_cols << " on rank " << r
+           << " (value head dim " << a.v_cols / a.heads_kv << " vs " << b.v_cols / b.heads_kv << ')';
+    else if (b.mask_kind != a.mask_kind || b.window != a.window || b.has_diagonal != a.has_diagonal ||
+             b.diagonal != a.diagonal)
+      what << "options.mask: rank 0 has " << mask_text(a) << ", rank " << r << " has " << mask_text(b);
+    else if (b.has_scale != a.has_scale || (a.has_scale && b.scale != a.scale)) {
+      what.precision(17);
+      what << "options.scale: rank 0 has ";
+      a.has_scale ? (what << a.scale) : (what << "the default");
+      what << ", rank " << r << " has ";
+      b.has_scale ? (what << b.scale) : (what << "the default");
+    } else if (b.softcap != a.softcap) {
+      what.precision(17);
+      what << "options.softcap: rank 0 has " << a.softcap << ", rank " << r << " has " << b.softcap;
+    } else if (b.layout_fingerprint != a.layout_fingerprint || b.layout_length != a.layout_length)
+      what << "layout: rank 0 and rank " << r << " pass different RowLayouts (lengths " << a.layout_length << " and "
+           << b.layout_length << ')';
+    else
+      continue;
+    what << " (rank 0: " << shapes_text(a) << "; rank " << r << ": " << shapes_text(b)
+         << "); every rank must pass the same heads, head dims, options, scalar type and layout";
+    fail(fn, "ranks disagree on ", what.str());
+  }
+}
+
+/// A committed MPI datatype of `width` consecutive scalars (one matrix row), freed on scope exit.
+class RowType {
+ public:
+  RowType(MPI_Datatype scalar, Index width) {
+    MPI_Type_contiguous(static_cast<int>(width), scalar, &type_);
+    MPI_Type_commit(&type_);
+  }
+  ~RowType() { MPI_Type_free(&type_); }
+  RowType(const RowType&) = delete;
+  RowType& operator=(const RowType&) = delete;
+  MPI_Datatype get() const { return type_; }
+
+ private:
+  MPI_Datatype type_ = MPI_DATATYPE_NULL;
+};
+
+/// A private duplicate of the user's communicator (ring messages never match the user's), freed on scope exit.
+class DupComm {
+ public:
+  explicit DupComm(MPI_Comm comm) { MPI_Comm_dup(comm, &comm_); }
+  ~DupComm() { MPI_Comm_free(&comm_); }
+  DupComm(const DupComm&) = delete;
+  DupComm& operator=(const DupComm&) = delete;
+  MPI_Comm get() const { return comm_; }
+
+ private:
+  MPI_Comm comm_ = MPI_COMM_NULL;
+};
+
+/// Whether any query of piece q may see any key of piece k under `mask` placed on the whole sequence
+/// (query i sees key j iff j <= i + base, and j > i + base - window for sliding windows).
+inline bool pieces_interact(const Mask& mask, RowRange q, RowRange k) {
+  if (q.size() == 0 || k.size() == 0) return false;
+  if (!mask.hides_future()) return true;
+  const Index base = mask.diagonal().value_or(0);
+  if (k.begin > q.end - 1 + base) return false;  // every key after the last query's last visible key
+  if (mask.kind() == Mask::Kind::sliding_window && k.end - 1 <= q.begin + base - mask.window())
+    return false;  // every key before the first query's window
+  return true;
+}
+
+/// Query rows per kernel call while a transfer is in flight. The ring polls MPI (MPI_Testall) between calls
+/// so that the exchange progresses while it computes: most MPI transports start or advance a large message
+/// only inside MPI calls. A call is ~2^25 multiply-adds per thread (a few milliseconds) but never fewer rows
+/// than fill one 256-row kernel tile (256 / (H/G) positions: fewer would slow the kernel down), so a poll
+/// comes at least that often or after one such tile row, whichever is longer. The last step, with nothing in
+/// flight, computes whole pieces.
+/// (Tests set ring_slab_min_rows and ring_slab_work low to cut even small problems into many calls.)
+inline double ring_slab_work = double(1 << 25);
+inline Index ring_slab_min_rows = 0;  // 0: 256 / (H/G)
+inline Index ring_slab_rows(Index key_rows, Heads heads, Index d_plus_dv) {
+  int threads = 1;
+#if defined(_OPENMP)
+  threads = omp_get_max_threads();
+#endif
+  const Index min_rows = ring_slab_min_rows > 0 ? ring_slab_min_rows : std::max(1, 256 / (heads.query / heads.kv));
+  const double per_row = std::max(1.0, double(key_rows) * double(heads.query) * double(d_plus_dv));
+  return std::max<Index>(min_rows, static_cast<Index>(ring_slab_work * threads / per_row));
+}
+
+template <class T, class DQ, class DK, class DV>
+AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                             const Eigen::MatrixBase<DV>& v, Heads heads, const Options& options,
+                             const RowLayout* given_layout, MPI_Comm user_comm, RingStats* stats,
+                             RingWorkspace* workspace) {
+  static_check_scalars<T, DQ, DK, DV>();
+  const double t_start = MPI_Wtime();
+  check_mpi_usable(fn, user_comm);
+  const int size = comm_size(user_comm), rank = comm_rank(user_comm);
+
+  // 1. Local checks, then one collective agreement: every rank throws if any rank failed or ranks disagree.
+  MpiSignature mine;
+  mine.scalar_bytes = sizeof(T);
+  mine.heads_query = heads.query;
+  mine.heads_kv = heads.kv;
+  mine.mask_kind = static_cast<std::int32_t>(options.mask.kind());
+  mine.window = options.mask.window();
+  mine.has_diagonal = options.mask.diagonal().has_value();
+  mine.diagonal = options.mask.diagonal().value_or(0);
+  mine.has_scale = options.scale.has_value();
+  mine.scale = options.scale.value_or(0.0);
+  mine.softcap = options.softcap;
+  mine.q_rows = q.rows();
+  mine.q_cols = q.cols();
+  mine.k_rows = k.rows();
+  mine.k_cols = k.cols();
+  mine.v_rows = v.rows();
+  mine.v_cols = v.cols();
+  if (given_layout) {
+    mine.layout_fingerprint = given_layout->fingerprint();
+    mine.layout_length = given_layout->length();
+  }
+  try {
+    check_multi_head(fn, q, k, v, heads, options);
+    if (k.rows() != q.rows())
+      fail(fn, "q has ", q.rows(), " rows but k has ", k.rows(),
+           ": ring attention is self-attention over one sequence, each rank holds the same rows of q, k and v (q ",
+           shape_of(q), ", k ", shape_of(k), ")");
+    if (q.rows() > std::numeric_limits<int>::max())
+      fail(fn, "q has ", q.rows(), " rows, more than an MPI count can hold (", std::numeric_limits<int>::max(), ")");
+    if (given_layout) {
+      if (given_layout->ranks() != size)
+        fail(fn, "layout has ", given_layout->ranks(), " ranks, the communicator ", size);
+      else if (given_layout->local_rows(rank) != q.rows())
+        fail(fn, "layout gives rank ", rank, ' ', given_layout->local_rows(rank), " rows, q has ", q.rows(), " (q ",
+             shape_of(q), ")");
+    }
+  } catch (const shape_error& e) {
+    set_message(mine, e.what(), fn);
+  }
+  const std::vector<MpiSignature> all = agree(fn, mine, user_comm);
+  check_ring_signatures(fn, all);
+
+  RowLayout layout;
+  if (given_layout) {
+    layout = *given_layout;
+  } else {
+    std::vector<Index> rows;
+    for (const MpiSignature& s : all) rows.push_back(s.q_rows);
+    layout = RowLayout::contiguous(rows);
+  }
+  const double t_checked = MPI_Wtime();
+
+  // 2. Which blocks anyone needs: the ring runs only as many steps as the farthest needed block.
+  const Mask& mask = options.mask;
+  int steps = 0;
+  for (int r = 0; r < size; ++r)
+    for (int o = 0; o < size; ++o) {
+      bool needed = false;
+      for (const RowRange& qp : layout.pieces(r))
+        for (const RowRange& kp : layout.pieces(o)) needed = needed || pieces_interact(mask, qp, kp);
+      if (needed) steps = std::max(steps, (r - o + size) % size);
+    }
+
+  // 3. The KV buffers: row i is [k_i | v_i] (G*d + G*dv scalars), one message per step.
+  const Index kc = k.cols(), vc = v.cols(), width = kc + vc, hdv = vc / heads.kv * heads.query;
+  Index max_rows = 0;
+  for (int r = 0; r < size; ++r) max_rows = std::max(max_rows, layout.local_rows(r));
+  RingWorkspace local_workspace;
+  RingWorkspace& ws = workspace ? *workspace : local_workspace;
+  const std::size_t buffer_bytes = static_cast<std::size_t>(max_rows * width) * sizeof(T);
+  using Buffer = Eigen::Map<Matrix<T>>;
+  Buffer buf[2] = {Buffer(reinterpret_cast<T*>(ws.buffer(0, buffer_bytes + sizeof(T))), max_rows, width),
+                   Buffer(reinterpret_cast<T*>(ws.buffer(1, steps > 0 ? buffer_bytes + sizeof(T) : sizeof(T))),
+                          steps > 0 ? max_rows : 0, width)};
+  const Index lq = q.rows();
+  buf[0].topLeftCorner(lq, kc) = k;
+  buf[0].block(0, kc, lq, vc) = v;
+  const ConstRowsRef<T> qe(q.derived());
+
+  // The result accumulates in place, row by row: a row starts at zero with lse -inf (which merges with a part
+  // exactly into that part) and stays so if it never sees a key. Memory: the output plus one slab's partial
+  // result and merge.
+  AttentionResult<T> result{Matrix<T>::Zero(lq, hdv),
+                            Matrix<T>::Constant(lq, heads.query, -std::numeric_limits<T>::infinity())};
+  std::vector<bool> seen(static_cast<std::size_t>(lq), false);  // rows with some part merged already
+  // Query slabs: each local piece cut into calls of `slab_rows` rows while a transfer is in flight.
+  struct Slab {
+    RowRange global;  // positions
+    Index local;      // first local row
+  };
+  const Index slab_rows = ring_slab_rows(max_rows, heads, q.cols() / heads.query + vc / heads.kv);
+  const auto slabs_of = [&](Index step) {
+    std::vector<Slab> slabs;
+    Index local = 0;
+    for (const RowRange& p : layout.pieces(rank)) {
+      for (Index s = 0; s < p.size(); s += step)
+        slabs.push_back({RowRange{p.begin + s, p.begin + std::min(p.size(), s + step)}, local + s});
+      local += p.size();
+    }
+    return slabs;
+  };
+  const std::vector<Slab> small_slabs = slabs_of(slab_rows), whole_pieces = slabs_of(std::max<Index>(1, lq));
+
+  DupComm dup(user_comm);
+  const MPI_Comm comm = dup.get();
+  const RowType row_type(mpi_type<T>(), width);
+  const int next = (rank + 1) % size, prev = (rank - 1 + size) % size;
+  RingStats st;
+  st.ranks = size;
+  st.steps = steps;
+  double compute = 0, poll = 0, wait = 0;
+
+  int cur = 0;
+  for (int s = 0; s <= steps; ++s) {
+    const int owner = (rank - s + size) % size;
+    MPI_Request req[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+    if (s < steps) {
+      const int incoming = (rank - s - 1 + size) % size;
+      MPI_Irecv(buf[1 - cur].data(), static_cast<int>(layout.local_rows(incoming)), row_type.get(), prev, s, comm,
+                &req[0]);
+      MPI_Isend(buf[cur].data(), static_cast<int>(layout.local_rows(owner)), row_type.get(), next, s, comm, &req[1]);
+      st.bytes_sent.push_back(static_cast<std::size_t>(layout.local_rows(owner)) * static_cast<std::size_t>(width) *
+                              sizeof(T));
+    }
+    const double t0 = MPI_Wtime();
+    Index k_local = 0;
+    for (const RowRange& kp : layout.pieces(owner)) {
+      const Index nk = kp.size();
+      for (const Slab& slab : s < steps ? small_slabs : whole_pieces) {
+        if (!pieces_interact(mask, slab.global, kp)) {
+          if (nk > 0 && slab.global.size() > 0) ++st.blocks_skipped;
+          continue;
+        }
+        Options o = options;
+        o.mask = mask.with_diagonal(mask.diagonal().value_or(0) + slab.global.begin - kp.begin);
+        const Index nq = slab.global.size();
+        AttentionResult<T> part =
+            multi_head_attention_with_lse(qe.middleRows(slab.local, nq), buf[cur].block(k_local, 0, nk, kc),
+                                          buf[cur].block(k_local, kc, nk, vc), heads, o);
+        auto out_rows = result.out.middleRows(slab.local, nq);
+        auto lse_rows = result.lse.middleRows(slab.local, nq);
+        bool any_seen = false;  // else copy; merging into unseen rows is exact too (they weigh nothing)
+        for (Index r = slab.local; r < slab.local + nq && !any_seen; ++r) any_seen = seen[static_cast<std::size_t>(r)];
+        if (any_seen) {
+          std::vector<AttentionResult<T>> two(2);
+          two[0] = AttentionResult<T>{out_rows, lse_rows};
+          two[1] = std::move(part);
+          const AttentionResult<T> merged = merge_attention(two);
+          out_rows = merged.out;
+          lse_rows = merged.lse;
+        } else {
+          out_rows = part.out;
+          lse_rows = part.lse;
+        }
+        for (Index r = slab.local; r < slab.local + nq; ++r) seen[static_cast<std::size_t>(r)] = true;
+        ++st.blocks_computed;
+        if (s < steps) {  // let the exchange progress
+          const double tp = MPI_Wtime();
+          int done = 0;
+          MPI_Testall(2, req, &done, MPI_STATUSES_IGNORE);
+          poll += MPI_Wtime() - tp;
+        }
+      }
+      k_local += nk;
+    }
+    const double t1 = MPI_Wtime();
+    compute += t1 - t0;  // minus the polls, below
+    if (s < steps) {
+      MPI_Waitall(2, req, MPI_STATUSES_IGNORE);
+      wait += MPI_Wtime() - t1;
+      cur = 1 - cur;
+    }
+  }
+
+  if (stats) {
+    st.compute_seconds = compute - poll;
+    st.poll_seconds = poll;
+    st.wait_seconds = wait;
+    st.check_seconds = t_checked - t_start;
+    st.total_seconds = MPI_Wtime() - t_start;
+    *stats = std::move(st);
+  }
+  return result;
+}
+
+/// Shared by scatter_rows and gather_rows: local checks of the layout, agreed collectively.
+template <class T>
+std::vector<MpiSignature> agree_rows(const char* fn, MPI_Comm comm, int root, const RowLayout* layout, Index rows,
+                                     Index cols, bool check_local_rows, const std::string& extra_error = {}) {
+  const int size = comm_size(comm), rank = comm_rank(comm);
+  MpiSignature mine;
+  mine.scalar_bytes = sizeof(T);
+  mine.root = root;
+  mine.q_rows = rows;
+  mine.q_cols = cols;
+  if (layout) {
+    mine.layout_fingerprint = layout->fingerprint();
+    mine.layout_length = layout->length();
+  }
+  try {
+    if (!extra_error.empty()) fail(fn, extra_error);
+    if (root < 0 || root >= size) fail(fn, "root is ", root, ", expected a rank in [0, ", size, ")");
+    if (layout && layout->ranks() != size) fail(fn, "layout has ", layout->ranks(), " ranks, the communicator ", size);
+    if (layout && check_local_rows && layout->local_rows(rank) != rows)
+      fail(fn, "layout gives rank ", rank, ' ', layout->local_rows(rank), " rows, local has ", rows, " (local ",
+           Shape{rows, cols}, ")");
+    if (cols > std::numeric_limits<int>::max() || rows > std::numeric_limits<int>::max())
+      fail(fn, "the matrix ", Shape{rows, cols}, " is too large for MPI counts");
+  } catch (const shape_error& e) {
+    set_message(mine, e.what(), fn);
+  }
+  std::vector<MpiSignature> all = agree(fn, mine, comm);
+  for (int r = 1; r < size; ++r) {
+    if (all[r].scalar_bytes != all[0].scalar_bytes)
+      fail(fn, "ranks disagree on the scalar type: rank 0 has ", scalar_text(all[0].scalar_bytes), ", rank ", r,
+           " has ", scalar_text(all[r].scalar_bytes));
+    if (all[r].root != all[0].root)
+      fail(fn, "ranks disagree on root: rank 0 has ", all[0].root, ", rank ", r, " has ", all[r].root);
+    if (all[r].layout_fingerprint != all[0].layout_fingerprint || all[r].layout_length != all[0].layout_length)
+      fail(fn, "ranks disagree on the layout: rank 0 and rank ", r, " pass different RowLayouts (lengths ",
+           all[0].layout_length, " and ", all[r].layout_length, ')');
+  }
+  return all;
+}
+
+template <class T, class Derived>
+Matrix<T> scatter_impl(const char* fn, const Eigen::MatrixBase<Derived>& full, const RowLayout* given, int root,
+                       MPI_Comm comm) {
+  check_mpi_usable(fn, comm);
+  const int size = comm_size(comm), rank = comm_rank(comm);
+  std::string error;
+  if (given && rank == root && full.rows() != given->length())
+    error = "full has " + std::to_string(full.rows()) + " rows on the root, the layout " +
+            std::to_string(given->length()) + " rows";
+  const auto all = agree_rows<T>(fn, comm, root, given, full.rows(), full.cols(), false, error);
+  const Index length = all[static_cast<std::size_t>(all[0].root)].q_rows,
+              cols = all[static_cast<std::size_t>(all[0].root)].q_cols;
+  const RowLayout layout = given ? *given : RowLayout::zigzag(length, size);
+  Matrix<T> local(layout.local_rows(rank), cols);
+  if (cols == 0) return local;
+  Matrix<T> packed;
+  std::vector<int> counts, displs;
+  if (rank == root) {
+    packed.resize(length, cols);
+    Index at = 0;
+    for (int r = 0; r < size; ++r) {
+      counts.push_back(static_cast<int>(layout.local_rows(r)));
+      displs.push_back(static_cast<int>(at));
+      for (const RowRange& p : layout.pieces(r)) {
+        packed.middleRows(at, p.size()) = full.derived().middleRows(p.begin, p.size());
+        at += p.size();
+      }
+    }
+  }
+  const RowType row(mpi_type<T>(), cols);
+  MPI_Scatterv(packed.data(), counts.data(), displs.data(), row.get(), local.data(), static_cast<int>(local.rows()),
+               row.get(), root, comm);
+  return local;
+}
+
+template <class T, class Derived>
+Matrix<T> gather_impl(const char* fn, const Eigen::MatrixBase<Derived>& local_rows, const RowLayout* given, int root,
+                      MPI_Comm comm) {
+  check_mpi_usable(fn, comm);
+  const int size = comm_size(comm), rank = comm_rank(comm);
+  const auto all = agree_rows<T>(fn, comm, root, given, local_rows.rows(), local_rows.cols(), given != nullptr);
+  Index length = 0;
+  for (int r = 0; r < size; ++r) {
+    length += all[r].q_rows;
+    if (all[r].q_cols != all[0].q_cols)
+      fail(fn, "ranks disagree on the columns: rank 0 has ", all[0].q_cols, ", rank ", r, " has ", all[r].q_cols);
+  }
+  const RowLayout layout = given ? *given : RowLayout::zigzag(length, size);
+  if (!given)
+    for (int r = 0; r < size; ++r)
+      if (layout.local_rows(r) != all[r].q_rows)
+        fail(fn, "rank ", r, " has ", all[r].q_rows, " rows, the zigzag layout of ", length, " rows over ", size,
+             " ranks gives it ", layout.local_rows(r));
+  const Index cols = all[0].q_cols;
+  const Matrix<T> mine = local_rows;
+  Matrix<T> packed, full(rank == root ? length : 0, cols);
+  if (cols == 0) return full;
+  std::vector<int> counts, displs;
+  if (rank == root) {
+    packed.resize(length, cols);
+    Index at = 0;
+    for (int r = 0; r < size; ++r) {
+      counts.push_back(static_cast<int>(layout.local_rows(r)));
+      displs.push_back(static_cast<int>(at));
+      at += layout.local_rows(r);
+    }
+  }
+  const RowType row(mpi_type<T>(), cols);
+  MPI_Gatherv(mine.data(), static_cast<int>(mine.rows()), row.get(), packed.data(), counts.data(), displs.data(),
+              row.get(), root, comm);
+  if (rank == root) {
+    Index at = 0;
+    for (int r = 0; r < size; ++r)
+      for (const RowRange& p : layout.pieces(r)) {
+        full.middleRows(p.begin, p.size()) = packed.middleRows(at, p.size());
+        at += p.size();
+      }
+  }
+  return full;
+}
+
+}  // namespace detail
+
+/// Ring attention over one sequence split into contiguous blocks in rank order: rank r holds rows
+/// [o_r, o_r + n_r) of q, k and v, with o_r the sum of the rows of ranks < r (blocks may be uneven, even
+/// empty). Returns this rank's rows of multi_head_attention(q, k, v, heads, options) over the whole sequence.
+/// Masks use global positions: causal() and causal_top_left() are the same here (self-attention, Lq == Lk),
+/// query i sees keys j <= i; sliding_window(w) keys i - w < j <= i; none() every key.
+///
+/// **Shapes:** per rank (n_r,H*d) x (n_r,G*d) x (n_r,G*dv) => (n_r,H*dv)
+///
+/// Collective over `comm`: every rank must call it. Each of the P - 1 steps sends one key/value block,
+/// n_r * G * (d + dv) * sizeof(T) bytes, to the next rank; only the G kv heads travel (GQA/MQA send less).
+/// Memory per rank: its q, k, v and output rows plus two key/value block buffers (kept in `workspace` between
+/// calls when one is given, which avoids re-faulting fresh memory on every call). `stats`, when given,
+/// receives this rank's timings and bytes sent.
+/// \throws attend::shape_error on every rank when any rank's arguments are invalid (as multi_head_attention)
+///         or ranks disagree on heads, head dims, options or scalar type; checked before any exchange.
+template <class DQ, class DK, class DV>
+Matrix<typename DQ::Scalar> ring_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                                           const Eigen::MatrixBase<DV>& v, Heads heads, const Options& options,
+                                           MPI_Comm comm, RingStats* stats = nullptr,
+                                           RingWorkspace* workspace = nullptr) {
+  return detail::ring_impl<typename DQ::Scalar>("ring_attention", q, k, v, heads, options, nullptr, comm, stats,
+                                                workspace)
+      .out;
+}
+
+/// ring_attention() where rank r holds the rows `layout.pieces(r)` of the sequence (possibly several pieces,
+/// e.g. RowLayout::zigzag()). Every rank must pass the same layout, and q, k, v with layout.local_rows(rank)
+/// rows in the layout's local order; the result has the same local row order.
+template <class DQ, class DK, class DV>
+Matrix<typename DQ::Scalar> ring_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                                           const Eigen::MatrixBase<DV>& v, Heads heads, const Options& options,
+                                           const RowLayout& layout, MPI_Comm comm, RingStats* stats = nullptr,
+                                           RingWorkspace* workspace = nullptr) {
+  return detail::ring_impl<typename DQ::Scalar>("ring_attention", q, k, v, heads, options, &layout, comm, stats,
+                                                workspace)
+      .out;
+}
+
+/// ring_attention() that also returns the log-sum-exp of each local row and query head, lse [n_r, H].
+template <class DQ, class DK, class DV>
+AttentionResult<typename DQ::Scalar> ring_attention_with_lse(
+    const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v, Heads heads,
+    const Options& options, MPI_Comm comm, RingStats* stats = nullptr, RingWorkspace* workspace = nullptr) {
+  return detail::ring_impl<typename DQ::Scalar>("ring_attention_with_lse", q, k, v, heads, options, nullptr, comm,
+                                                stats, workspace);
+}
+
+/// ring_attention_with_lse() over any RowLayout.
+template <class DQ, class DK, class DV>
+AttentionResult<typename DQ::Scalar> ring_attention_with_lse(const Eigen::MatrixBase<DQ>& q,
+                                                             const Eigen::MatrixBase<DK>& k,
+                                                             const Eigen::MatrixBase<DV>& v, Heads heads,
+                                                             const Options& options, const RowLayout& layout,
+                                                             MPI_Comm comm, RingStats* stats = nullptr,
+                                                             RingWorkspace* workspace = nullptr) {
+  return detail::ring_impl<typename DQ::Scalar>("ring_attention_with_lse", q, k, v, heads, options, &layout, comm,
+                                                stats, workspace);
+}
+
+/// Sends each rank its rows of a whole sequence held by `root`: rank r receives the rows layout.pieces(r), in
+/// order. `full` [L, C] is read on the root only (other ranks may pass an empty matrix of the same scalar).
+/// Collective over `comm`.
+///
+/// **Shapes:** (L,C) on the root => (layout.local_rows(rank),C) on every rank
+/// \throws attend::shape_error on every rank when the root's rows differ from layout.length(), the layout's rank
+///         count from the communicator's, or ranks disagree on the layout, the root or the scalar type.
+template <class Derived>
+Matrix<typename Derived::Scalar> scatter_rows(const Eigen::MatrixBase<Derived>& full, const RowLayout& layout, int root,
+                                              MPI_Comm comm) {
+  return detail::scatter_impl<typename Derived::Scalar>("scatter_rows", full, &layout, root, comm);
+}
+
+/// The inverse of scatter_rows(): the root receives the whole sequence [L, C] in global order, the other
+/// ranks an empty [0, C] matrix. Collective over `comm`.
+/// \throws attend::shape_error on every rank when a rank's rows differ from layout.local_rows(rank), or ranks
+///         disagree on the columns, the layout, the root or the scalar type.
+template <class Derived>
+Matrix<typename Derived::Scalar> gather_rows(const Eigen::MatrixBase<Derived>& local, const RowLayout& layout, int root,
+                                             MPI_Comm comm) {
+  return detail::gather_impl<typename Derived::Scalar>("gather_rows", local, &layout, root, comm);
+}
+
+/// scatter_rows() with RowLayout::zigzag(L, P), L being the root's rows: rank r receives chunks r and
+/// 2P-1-r of 2P.
+template <class Derived>
+Matrix<typename Derived::Scalar> zigzag_scatter(const Eigen::MatrixBase<Derived>& full, int root, MPI_Comm comm) {
+  return detail::scatter_impl<typename Derived::Scalar>("zigzag_scatter", full, nullptr, root, comm);
+}
+
+/// gather_rows() with RowLayout::zigzag(L, P), L being the sum of all ranks' rows.
+template <class Derived>
+Matrix<typename Derived::Scalar> zigzag_gather(const Eigen::MatrixBase<Derived>& local, int root, MPI_Comm comm) {
+  return detail::gather_impl<typename Derived::Scalar>("zigzag_gather", local, nullptr, root, comm);
+}
+
+}  // namespace attend
