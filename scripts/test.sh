@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds everything in Release and runs the whole test suite through ctest.
+# Builds everything in Release and runs the whole test suite through ctest, then the sanitizer stage
+# (scripts/sanitize.sh: ASan + UBSan and TSan builds with clang, in build/asan and build/tsan).
 # Installs the Debian packages it needs when they are missing.
 set -euo pipefail
 
@@ -10,3 +11,9 @@ attend_ensure_deps "${ATTEND_TEST_DEBIAN_PACKAGES[@]}"
 cmake --preset release
 cmake --build --preset release -j2
 ctest --preset release
+
+# The sanitizer stage (README "Reliability"): the whole suite again under ASan + UBSan (with the fuzzer), and
+# the thread-safety tests under TSan. ATTEND_SKIP_SANITIZERS=1 skips it for a quick local run; CI never does.
+if [ "${ATTEND_SKIP_SANITIZERS:-0}" != 1 ] || [ "${CI:-}" = true ]; then
+  bash scripts/sanitize.sh
+fi

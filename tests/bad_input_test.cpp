@@ -1,0 +1,943 @@
+// The bad-input catalogue: one test per way to call each public function wrongly. Every case must throw
+// attend::shape_error whose message starts with "attend::<function>: " and names the argument and the shapes
+// (or values) involved, and must leave every input, layer and cache exactly as it was.
+//
+// Each case runs against a fresh World: valid kernel inputs, deliberately bad matrices, layers with random
+// weights and caches already holding tokens. The whole World is copied before the call and compared bit for
+// bit afterwards, so "unchanged" covers the arguments of the call and everything else a bug could touch.
+// errors_test.cpp keeps the one-rule-per-test examples of the contract; this file is the exhaustive list.
+#include <gtest/gtest.h>
+
+#include <attend/attend.hpp>
+#include <functional>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "test_util.hpp"
+
+using attend::Heads;
+using attend::Index;
+using attend::Mask;
+using attend::Options;
+
+namespace {
+
+using M = attend::Matrix<float>;
+using MD = attend::Matrix<double>;
+using Vec = attend::Vector<float>;
+using Mha = attend::MultiHeadAttention<float>;
+using Mla = attend::MultiHeadLatentAttention<float>;
+using MlaConfig = Mla::Config;
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// ---------------------------------------------------------------------------------------------------------------
+// The world every case runs in.
+
+struct World {
+  // Single-head kernel inputs: q [4,8], k [5,8], v [5,6], bias [4,5], out [4,6].
+  M q, k, v, bias, out;
+  MD bias_d;
+  // Bad single-head matrices.
+  M k_narrow;    // [5,7]
+  M k_empty;     // [0,8]
+  M v_long;      // [6,6]
+  M v_one;       // [1,6]: rows for Lk = 0
+  M q_no_cols;   // [4,0]
+  M k_no_cols;   // [5,0]
+  M bias_rows;   // [3,5]
+  M bias_cols;   // [4,6]
+  M bias_t;      // [5,4]
+  M bias_empty;  // [0,0]
+  MD bias_rows_d;
+  M out_rows;   // [3,6]
+  M out_cols;   // [4,5]
+  M out_empty;  // [0,0]
+  // Multi-head inputs, Heads{4,2}, d = 4, dv = 3: qh [4,16], kh [5,8], vh [5,6], outh [4,12]; kq [5,4], vq [5,3]
+  // are one kv head (MQA).
+  M qh, kh, vh, outh, kq, vq;
+  M kh_wide;   // [5,12]
+  M vh_odd;    // [5,5]
+  M vh_long;   // [6,6]
+  M outh_bad;  // [4,11]
+  // merge_attention parts: two results of [4,12] with lse [4,4].
+  std::vector<attend::AttentionResult<float>> parts;
+  // Layers: d_model 16.
+  M x, ctx, x_narrow, ctx_narrow, x_no_cols;  // [3,16], [5,16], [3,15], [5,17], [3,0]
+  Mha mha{16, 4, 2, 4};
+  Mla mla{MlaConfig{16, 2, 0, 6, 4, 2, 4}};
+  Mla mla_q{MlaConfig{16, 2, 8, 6, 4, 2, 4}};  // with query compression
+  attend::KVCache<float> cache;                // 3 tokens of mha
+  attend::LatentCache<float> lcache;           // 3 tokens of mla
+  attend::Linear<float> lin;                   // [4,8] with a bias
+  attend::RMSNorm<float> norm;                 // weight of 8
+  M xl;                                        // [2,8]
+};
+
+void randomize(attend::Linear<float>& lin, std::mt19937& rng) {
+  lin.weight = attend_test::random_matrix<float>(lin.weight.rows(), lin.weight.cols(), rng, 0.3);
+  lin.bias = attend_test::random_matrix<float>(lin.weight.rows(), 1, rng, 0.3);
+}
+
+World make_world() {
+  std::mt19937 rng(20240606);
+  const auto rnd = [&](Index r, Index c) { return attend_test::random_matrix<float>(r, c, rng); };
+  World w;
+  w.q = rnd(4, 8), w.k = rnd(5, 8), w.v = rnd(5, 6), w.bias = rnd(4, 5), w.out = M::Constant(4, 6, 7.f);
+  w.bias_d = w.bias.cast<double>();
+  w.k_narrow = rnd(5, 7), w.k_empty = M(0, 8), w.v_long = rnd(6, 6), w.v_one = rnd(1, 6);
+  w.q_no_cols = M(4, 0), w.k_no_cols = M(5, 0);
+  w.bias_rows = rnd(3, 5), w.bias_cols = rnd(4, 6), w.bias_t = rnd(5, 4), w.bias_empty = M(0, 0);
+  w.bias_rows_d = w.bias_rows.cast<double>();
+  w.out_rows = M::Constant(3, 6, 7.f), w.out_cols = M::Constant(4, 5, 7.f), w.out_empty = M(0, 0);
+  w.qh = rnd(4, 16), w.kh = rnd(5, 8), w.vh = rnd(5, 6), w.outh = M::Constant(4, 12, 7.f);
+  w.kq = rnd(5, 4), w.vq = rnd(5, 3);
+  w.kh_wide = rnd(5, 12), w.vh_odd = rnd(5, 5), w.vh_long = rnd(6, 6), w.outh_bad = M::Constant(4, 11, 7.f);
+  for (int i = 0; i < 2; ++i) w.parts.push_back({rnd(4, 12), rnd(4, 4)});
+  w.x = rnd(3, 16), w.ctx = rnd(5, 16), w.x_narrow = rnd(3, 15), w.ctx_narrow = rnd(5, 17), w.x_no_cols = M(3, 0);
+  for (auto* lin : {&w.mha.q_proj, &w.mha.k_proj, &w.mha.v_proj, &w.mha.o_proj}) randomize(*lin, rng);
+  for (Mla* m : {&w.mla, &w.mla_q}) {
+    for (auto* lin : {&m->q_proj, &m->q_a_proj, &m->q_b_proj, &m->kv_a_proj_with_mqa, &m->kv_b_proj, &m->o_proj})
+      if (lin->weight.size() != 0) randomize(*lin, rng);
+    m->kv_a_layernorm.weight = Vec::Ones(6);
+  }
+  w.mla_q.q_a_layernorm.weight = Vec::Ones(8);
+  w.mha.forward(w.x, w.cache);
+  w.mla.forward(w.x, w.lcache);
+  w.lin.weight = rnd(4, 8), w.lin.bias = Vec::Ones(4);
+  w.norm.weight = Vec::Ones(8);
+  w.xl = rnd(2, 8);
+  return w;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Bitwise comparison of two worlds; names the first field that differs.
+
+bool same(const M& a, const M& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         std::equal(a.data(), a.data() + a.size(), b.data(),
+                    [](float x, float y) { return x == y || (std::isnan(x) && std::isnan(y)); });
+}
+bool same(const MD& a, const MD& b) { return a.rows() == b.rows() && a.cols() == b.cols() && a == b; }
+bool same(const Vec& a, const Vec& b) { return a.size() == b.size() && a == b; }
+bool same(const attend::Linear<float>& a, const attend::Linear<float>& b) {
+  return same(a.weight, b.weight) && same(a.bias, b.bias);
+}
+bool same(const attend::RMSNorm<float>& a, const attend::RMSNorm<float>& b) {
+  return same(a.weight, b.weight) && a.eps == b.eps;
+}
+bool same(const Mha& a, const Mha& b) {
+  return a.d_model == b.d_model && a.heads == b.heads && a.kv_heads == b.kv_heads && a.head_dim == b.head_dim &&
+         same(a.q_proj, b.q_proj) && same(a.k_proj, b.k_proj) && same(a.v_proj, b.v_proj) && same(a.o_proj, b.o_proj);
+}
+bool same(const Mla& a, const Mla& b) {
+  const MlaConfig &x = a.config, &y = b.config;
+  return x.d_model == y.d_model && x.heads == y.heads && x.q_lora_rank == y.q_lora_rank &&
+         x.kv_lora_rank == y.kv_lora_rank && x.qk_nope_head_dim == y.qk_nope_head_dim &&
+         x.qk_rope_head_dim == y.qk_rope_head_dim && x.v_head_dim == y.v_head_dim && x.rope_theta == y.rope_theta &&
+         x.rope_layout == y.rope_layout && same(a.q_proj, b.q_proj) && same(a.q_a_proj, b.q_a_proj) &&
+         same(a.q_a_layernorm, b.q_a_layernorm) && same(a.q_b_proj, b.q_b_proj) &&
+         same(a.kv_a_proj_with_mqa, b.kv_a_proj_with_mqa) && same(a.kv_a_layernorm, b.kv_a_layernorm) &&
+         same(a.kv_b_proj, b.kv_b_proj) && same(a.o_proj, b.o_proj);
+}
+bool same(const attend::KVCache<float>& a, const attend::KVCache<float>& b) {
+  return a.size() == b.size() && a.capacity() == b.capacity() && same(M(a.keys()), M(b.keys())) &&
+         same(M(a.values()), M(b.values()));
+}
+bool same(const attend::LatentCache<float>& a, const attend::LatentCache<float>& b) {
+  return a.size() == b.size() && a.capacity() == b.capacity() && same(M(a.entries()), M(b.entries())) &&
+         same(M(a.latent()), M(b.latent())) && same(M(a.rope_keys()), M(b.rope_keys()));
+}
+
+std::string first_difference(const World& a, const World& b) {
+  const auto differs = [](const auto& x, const auto& y) { return !same(x, y); };
+  // clang-format off
+  if (differs(a.q, b.q)) return "q";
+  if (differs(a.k, b.k)) return "k";
+  if (differs(a.v, b.v)) return "v";
+  if (differs(a.bias, b.bias)) return "bias";
+  if (differs(a.out, b.out)) return "out";
+  if (differs(a.bias_d, b.bias_d)) return "bias_d";
+  if (differs(a.k_narrow, b.k_narrow)) return "k_narrow";
+  if (differs(a.k_empty, b.k_empty)) return "k_empty";
+  if (differs(a.v_long, b.v_long)) return "v_long";
+  if (differs(a.v_one, b.v_one)) return "v_one";
+  if (differs(a.q_no_cols, b.q_no_cols)) return "q_no_cols";
+  if (differs(a.k_no_cols, b.k_no_cols)) return "k_no_cols";
+  if (differs(a.bias_rows, b.bias_rows)) return "bias_rows";
+  if (differs(a.bias_cols, b.bias_cols)) return "bias_cols";
+  if (differs(a.bias_t, b.bias_t)) return "bias_t";
+  if (differs(a.bias_empty, b.bias_empty)) return "bias_empty";
+  if (differs(a.bias_rows_d, b.bias_rows_d)) return "bias_rows_d";
+  if (differs(a.out_rows, b.out_rows)) return "out_rows";
+  if (differs(a.out_cols, b.out_cols)) return "out_cols";
+  if (differs(a.out_empty, b.out_empty)) return "out_empty";
+  if (differs(a.qh, b.qh)) return "qh";
+  if (differs(a.kh, b.kh)) return "kh";
+  if (differs(a.vh, b.vh)) return "vh";
+  if (differs(a.outh, b.outh)) return "outh";
+  if (differs(a.kq, b.kq)) return "kq";
+  if (differs(a.vq, b.vq)) return "vq";
+  if (differs(a.kh_wide, b.kh_wide)) return "kh_wide";
+  if (differs(a.vh_odd, b.vh_odd)) return "vh_odd";
+  if (differs(a.vh_long, b.vh_long)) return "vh_long";
+  if (differs(a.outh_bad, b.outh_bad)) return "outh_bad";
+  if (differs(a.x, b.x)) return "x";
+  if (differs(a.ctx, b.ctx)) return "ctx";
+  if (differs(a.x_narrow, b.x_narrow)) return "x_narrow";
+  if (differs(a.ctx_narrow, b.ctx_narrow)) return "ctx_narrow";
+  if (differs(a.x_no_cols, b.x_no_cols)) return "x_no_cols";
+  if (differs(a.mha, b.mha)) return "mha";
+  if (differs(a.mla, b.mla)) return "mla";
+  if (differs(a.mla_q, b.mla_q)) return "mla_q";
+  if (differs(a.cache, b.cache)) return "cache";
+  if (differs(a.lcache, b.lcache)) return "lcache";
+  if (differs(a.lin, b.lin)) return "lin";
+  if (differs(a.norm, b.norm)) return "norm";
+  if (differs(a.xl, b.xl)) return "xl";
+  // clang-format on
+  if (a.parts.size() != b.parts.size()) return "parts";
+  for (std::size_t i = 0; i < a.parts.size(); ++i)
+    if (!same(a.parts[i].out, b.parts[i].out) || !same(a.parts[i].lse, b.parts[i].lse))
+      return "parts[" + std::to_string(i) + "]";
+  return "";
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The catalogue.
+
+struct Case {
+  std::string name;                    // gtest name: letters, digits, '_'
+  std::function<void(World&)> setup;   // makes the world wrong before the snapshot (may be empty)
+  std::function<void(World&)> call;    // the wrong call
+  std::vector<std::string> fragments;  // all must appear in what(); the first is "attend::<function>: "
+};
+
+std::ostream& operator<<(std::ostream& os, const Case& c) { return os << c.name; }
+
+Options scale(double s) {
+  Options o;
+  o.scale = s;
+  return o;
+}
+Options softcap(double c) {
+  Options o;
+  o.softcap = c;
+  return o;
+}
+Options window(Index w) {
+  Options o;
+  o.mask = Mask::sliding_window(w);
+  return o;
+}
+
+// The invalid options every function that takes Options must refuse, with the fragment naming them.
+struct BadOption {
+  std::string name;
+  Options options;
+  std::string fragment;
+};
+const std::vector<BadOption>& bad_options() {
+  static const std::vector<BadOption> all = {
+      {"Scale0", scale(0), "options.scale is 0, expected a finite value > 0"},
+      {"ScaleNegative", scale(-0.5), "options.scale is -0.5"},
+      {"ScaleInf", scale(kInf), "options.scale is inf"},
+      {"ScaleNaN", scale(kNaN), "options.scale is nan"},
+      {"SoftcapNegative", softcap(-2), "options.softcap is -2, expected a finite value >= 0"},
+      {"SoftcapNaN", softcap(kNaN), "options.softcap is nan"},
+      {"SoftcapInf", softcap(kInf), "options.softcap is inf"},
+      {"Window0", window(0), "options.mask is sliding_window(0), expected a window >= 1"},
+      {"WindowNegative", window(-4), "options.mask is sliding_window(-4)"},
+  };
+  return all;
+}
+
+// A single-head kernel: the public function, how to call it with (q, k, v, bias, options), and which of the
+// arguments it has.
+struct Kernel {
+  std::string name, fn;
+  bool has_v, has_bias, has_out;
+  std::function<void(World&, const M& q, const M& k, const M& v, const M& bias, M& out, const Options&)> call;
+};
+
+std::vector<Kernel> single_head_kernels() {
+  return {
+      {"Sdpa", "scaled_dot_product_attention", true, false, false,
+       [](World&, const M& q, const M& k, const M& v, const M&, M&, const Options& o) {
+         attend::scaled_dot_product_attention(q, k, v, o);
+       }},
+      {"SdpaBias", "scaled_dot_product_attention", true, true, false,
+       [](World&, const M& q, const M& k, const M& v, const M& b, M&, const Options& o) {
+         attend::scaled_dot_product_attention(q, k, v, b, o);
+       }},
+      {"SdpaLse", "scaled_dot_product_attention_with_lse", true, false, false,
+       [](World&, const M& q, const M& k, const M& v, const M&, M&, const Options& o) {
+         attend::scaled_dot_product_attention_with_lse(q, k, v, o);
+       }},
+      {"SdpaInto", "scaled_dot_product_attention_into", true, false, true,
+       [](World&, const M& q, const M& k, const M& v, const M&, M& out, const Options& o) {
+         attend::scaled_dot_product_attention_into(q, k, v, out, o);
+       }},
+      {"Weights", "attention_weights", false, false, false,
+       [](World&, const M& q, const M& k, const M&, const M&, M&, const Options& o) {
+         attend::attention_weights(q, k, o);
+       }},
+      {"WeightsBias", "attention_weights", false, true, false,
+       [](World&, const M& q, const M& k, const M&, const M& b, M&, const Options& o) {
+         attend::attention_weights(q, k, b, o);
+       }},
+      {"RefSdpa", "reference::scaled_dot_product_attention", true, false, false,
+       [](World&, const M& q, const M& k, const M& v, const M&, M&, const Options& o) {
+         attend::reference::scaled_dot_product_attention(q, k, v, o);
+       }},
+      {"RefWeights", "reference::attention_weights", false, false, false,
+       [](World&, const M& q, const M& k, const M&, const M&, M&, const Options& o) {
+         attend::reference::attention_weights(q, k, o);
+       }},
+  };
+}
+
+// A multi-head kernel called with explicit Heads.
+struct MultiKernel {
+  std::string name, fn;
+  bool has_out;
+  std::function<void(World&, const M& q, const M& k, const M& v, Heads, M& out, const Options&)> call;
+};
+
+std::vector<MultiKernel> multi_head_kernels() {
+  return {
+      {"Mha", "multi_head_attention", false,
+       [](World&, const M& q, const M& k, const M& v, Heads h, M&, const Options& o) {
+         attend::multi_head_attention(q, k, v, h, o);
+       }},
+      {"MhaLse", "multi_head_attention_with_lse", false,
+       [](World&, const M& q, const M& k, const M& v, Heads h, M&, const Options& o) {
+         attend::multi_head_attention_with_lse(q, k, v, h, o);
+       }},
+      {"MhaInto", "multi_head_attention_into", true,
+       [](World&, const M& q, const M& k, const M& v, Heads h, M& out, const Options& o) {
+         attend::multi_head_attention_into(q, k, v, h, out, o);
+       }},
+      {"Gqa", "grouped_query_attention", false,
+       [](World&, const M& q, const M& k, const M& v, Heads h, M&, const Options& o) {
+         attend::grouped_query_attention(q, k, v, h.query, h.kv, o);
+       }},
+      {"RefMha", "reference::multi_head_attention", false,
+       [](World&, const M& q, const M& k, const M& v, Heads h, M&, const Options& o) {
+         attend::reference::multi_head_attention(q, k, v, h, o);
+       }},
+  };
+}
+
+class Catalogue {
+ public:
+  std::vector<Case> cases;
+
+  void add(std::string name, std::function<void(World&)> call, std::vector<std::string> fragments) {
+    cases.push_back({std::move(name), nullptr, std::move(call), std::move(fragments)});
+  }
+  void add(std::string name, std::function<void(World&)> setup, std::function<void(World&)> call,
+           std::vector<std::string> fragments) {
+    cases.push_back({std::move(name), std::move(setup), std::move(call), std::move(fragments)});
+  }
+};
+
+std::string prefix(const std::string& fn) { return "attend::" + fn + ": "; }
+
+void add_single_head(Catalogue& c) {
+  for (const Kernel& kn : single_head_kernels()) {
+    const std::string p = prefix(kn.fn);
+    const auto call = kn.call;
+    // Each rule names the arguments it replaces; the others are the valid ones of the World.
+    const auto with = [call](auto pick) {
+      return [call, pick](World& w) {
+        const M *q = &w.q, *k = &w.k, *v = &w.v, *b = &w.bias;
+        M* out = &w.out;
+        Options o;
+        pick(w, q, k, v, b, out, o);
+        call(w, *q, *k, *v, *b, *out, o);
+      };
+    };
+    c.add(kn.name + "_KeyWidth", with([](World& w, auto&, auto& k, auto&, auto&, auto&, auto&) { k = &w.k_narrow; }),
+          {p, "k has 7 columns, expected q's 8", "q [4, 8]", "k [5, 7]"});
+    c.add(kn.name + "_NoHeadDim",
+          with([](World& w, auto& q, auto& k, auto&, auto&, auto&, auto&) { q = &w.q_no_cols, k = &w.k_no_cols; }),
+          {p, "q is [4, 0], expected at least one column"});
+    if (kn.has_v) {
+      c.add(kn.name + "_ValueRows", with([](World& w, auto&, auto&, auto& v, auto&, auto&, auto&) { v = &w.v_long; }),
+            {p, "v has 6 rows, expected k's 5", "k [5, 8]", "v [6, 6]"});
+      c.add(kn.name + "_ValueRowsWithoutKeys",
+            with([](World& w, auto&, auto& k, auto& v, auto&, auto&, auto&) { k = &w.k_empty, v = &w.v_one; }),
+            {p, "v has 1 rows, expected k's 0", "k [0, 8]", "v [1, 6]"});
+    }
+    if (kn.has_bias) {
+      c.add(kn.name + "_BiasRows", with([](World& w, auto&, auto&, auto&, auto& b, auto&, auto&) { b = &w.bias_rows; }),
+            {p, "bias is [3, 5], expected [Lq, Lk] = [4, 5]", "q [4, 8]", "k [5, 8]"});
+      c.add(kn.name + "_BiasCols", with([](World& w, auto&, auto&, auto&, auto& b, auto&, auto&) { b = &w.bias_cols; }),
+            {p, "bias is [4, 6], expected [Lq, Lk] = [4, 5]"});
+      c.add(kn.name + "_BiasTransposed",
+            with([](World& w, auto&, auto&, auto&, auto& b, auto&, auto&) { b = &w.bias_t; }),
+            {p, "bias is [5, 4], expected [Lq, Lk] = [4, 5]"});
+      c.add(kn.name + "_BiasEmpty",
+            with([](World& w, auto&, auto&, auto&, auto& b, auto&, auto&) { b = &w.bias_empty; }),
+            {p, "bias is [0, 0], expected [Lq, Lk] = [4, 5]"});
+    }
+    if (kn.has_out) {
+      c.add(kn.name + "_OutRows",
+            with([](World& w, auto&, auto&, auto&, auto&, auto& out, auto&) { out = &w.out_rows; }),
+            {p, "out is [3, 6], expected [4, 6]"});
+      c.add(kn.name + "_OutCols",
+            with([](World& w, auto&, auto&, auto&, auto&, auto& out, auto&) { out = &w.out_cols; }),
+            {p, "out is [4, 5], expected [4, 6]"});
+      c.add(kn.name + "_OutEmpty",
+            with([](World& w, auto&, auto&, auto&, auto&, auto& out, auto&) { out = &w.out_empty; }),
+            {p, "out is [0, 0], expected [4, 6]"});
+    }
+    for (const BadOption& bo : bad_options()) {
+      const Options opt = bo.options;
+      c.add(kn.name + "_" + bo.name, with([opt](World&, auto&, auto&, auto&, auto&, auto&, auto& o) { o = opt; }),
+            {p, bo.fragment});
+    }
+  }
+  // The reference takes its bias as a double matrix by pointer.
+  c.add("RefSdpa_BiasRows",
+        [](World& w) { attend::reference::scaled_dot_product_attention(w.q, w.k, w.v, Options{}, &w.bias_rows_d); },
+        {"attend::reference::", "bias is [3, 5], expected [Lq, Lk] = [4, 5]", "q [4, 8]", "k [5, 8]"});
+  c.add("RefWeights_BiasRows",
+        [](World& w) { attend::reference::attention_weights(w.q, w.k, Options{}, &w.bias_rows_d); },
+        {prefix("reference::attention_weights"), "bias is [3, 5], expected [Lq, Lk] = [4, 5]"});
+}
+
+void add_multi_head(Catalogue& c) {
+  for (const MultiKernel& kn : multi_head_kernels()) {
+    const std::string p = prefix(kn.fn);
+    const auto call = kn.call;
+    const auto with = [call](auto pick) {
+      return [call, pick](World& w) {
+        const M *q = &w.qh, *k = &w.kh, *v = &w.vh;
+        M* out = &w.outh;
+        Heads h{4, 2};
+        Options o;
+        pick(w, q, k, v, h, out, o);
+        call(w, *q, *k, *v, h, *out, o);
+      };
+    };
+    const auto heads = [&](Heads h) {
+      return with([h](World&, auto&, auto&, auto&, Heads& hh, auto&, auto&) { hh = h; });
+    };
+    // grouped_query_attention forwards to the same checks, which name the Heads fields.
+    c.add(kn.name + "_QueryHeads0", heads({0, 1}), {p, "heads.query is 0, expected at least 1"});
+    c.add(kn.name + "_QueryHeadsNegative", heads({-4, 2}), {p, "heads.query is -4"});
+    c.add(kn.name + "_KvHeads0", heads({4, 0}), {p, "heads.kv is 0, expected at least 1"});
+    c.add(kn.name + "_KvHeadsNegative", heads({4, -2}), {p, "heads.kv is -2"});
+    c.add(kn.name + "_KvHeadsDoNotDivide", heads({4, 3}), {p, "query heads (4) are not a multiple of kv heads (3)"});
+    c.add(kn.name + "_KvHeadsAboveQueryHeads", heads({2, 4}),
+          {p, "query heads (2) are not a multiple of kv heads (4)"});
+    c.add(kn.name + "_QueryWidthNotAMultiple", heads({3, 1}),
+          {p, "q has 16 columns, expected a positive multiple of query heads (3)", "q [4, 16]"});
+    c.add(kn.name + "_MoreHeadsThanQueryColumns", heads({32, 2}),
+          {p, "q has 16 columns, expected a positive multiple of query heads (32)"});
+    c.add(kn.name + "_KeyWidth", with([](World& w, auto&, auto& k, auto&, auto&, auto&, auto&) { k = &w.kh_wide; }),
+          {p, "k has 12 columns, expected kv heads (2) * head dim (4) = 8", "q [4, 16]", "k [5, 12]"});
+    c.add(kn.name + "_ValueWidthNotAMultiple",
+          with([](World& w, auto&, auto&, auto& v, auto&, auto&, auto&) { v = &w.vh_odd; }),
+          {p, "v has 5 columns, expected a multiple of kv heads (2)", "v [5, 5]"});
+    c.add(kn.name + "_ValueRows", with([](World& w, auto&, auto&, auto& v, auto&, auto&, auto&) { v = &w.vh_long; }),
+          {p, "v has 6 rows, expected k's 5", "k [5, 8]", "v [6, 6]"});
+    c.add(kn.name + "_NoHeadDim", with([](World& w, auto& q, auto& k, auto&, auto& h, auto&, auto&) {
+            q = &w.q_no_cols, k = &w.k_no_cols, h = {1, 1};
+          }),
+          {p, "q has 0 columns, expected a positive multiple of query heads (1)", "q [4, 0]"});
+    if (kn.has_out)
+      c.add(kn.name + "_OutShape",
+            with([](World& w, auto&, auto&, auto&, auto&, auto& out, auto&) { out = &w.outh_bad; }),
+            {p, "out is [4, 11], expected [4, 12]"});
+    for (const BadOption& bo : bad_options()) {
+      const Options opt = bo.options;
+      c.add(kn.name + "_" + bo.name, with([opt](World&, auto&, auto&, auto&, auto&, auto&, auto& o) { o = opt; }),
+            {p, bo.fragment});
+    }
+  }
+  // multi_query_attention: one kv head, so only the query count and the widths can be wrong.
+  const std::string p = prefix("multi_query_attention");
+  c.add("Mqa_QueryHeads0", [](World& w) { attend::multi_query_attention(w.qh, w.kq, w.vq, 0); },
+        {p, "heads.query is 0"});
+  c.add("Mqa_QueryHeadsNegative", [](World& w) { attend::multi_query_attention(w.qh, w.kq, w.vq, -1); },
+        {p, "heads.query is -1"});
+  c.add("Mqa_QueryWidthNotAMultiple", [](World& w) { attend::multi_query_attention(w.qh, w.kq, w.vq, 3); },
+        {p, "q has 16 columns, expected a positive multiple of query heads (3)"});
+  c.add("Mqa_KeyWidthOfTwoKvHeads", [](World& w) { attend::multi_query_attention(w.qh, w.kh, w.vq, 4); },
+        {p, "k has 8 columns, expected kv heads (1) * head dim (4) = 4", "k [5, 8]"});
+  c.add("Mqa_ValueRows", [](World& w) { attend::multi_query_attention(w.qh, w.kq, w.vh_long, 4); },
+        {p, "v has 6 rows, expected k's 5", "v [6, 6]"});
+  for (const BadOption& bo : bad_options()) {
+    const Options opt = bo.options;
+    c.add("Mqa_" + bo.name, [opt](World& w) { attend::multi_query_attention(w.qh, w.kq, w.vq, 4, opt); },
+          {p, bo.fragment});
+  }
+}
+
+void add_merge_and_rope(Catalogue& c) {
+  const std::string p = prefix("merge_attention");
+  using Parts = std::vector<attend::AttentionResult<float>>;
+  c.add("Merge_NoParts", [](World&) { attend::merge_attention(Parts{}); }, {p, "parts is empty"});
+  c.add(
+      "Merge_LseWithoutHeads", [](World& w) { w.parts[0].lse = M(4, 0); },
+      [](World& w) { attend::merge_attention(w.parts); },
+      {p, "parts[0].lse is [4, 0], expected [Lq, H] with H dividing out [4, 12]"});
+  c.add(
+      "Merge_HeadsDoNotDivideOut", [](World& w) { w.parts[0].lse = M::Zero(4, 5); },
+      [](World& w) { attend::merge_attention(w.parts); }, {p, "parts[0].lse is [4, 5]", "out [4, 12]"});
+  c.add(
+      "Merge_LseRows", [](World& w) { w.parts[0].lse = M::Zero(3, 4); },
+      [](World& w) { attend::merge_attention(w.parts); }, {p, "parts[0].lse is [3, 4]", "out [4, 12]"});
+  c.add(
+      "Merge_SecondOutRows", [](World& w) { w.parts[1].out = M::Zero(5, 12); },
+      [](World& w) { attend::merge_attention(w.parts); },
+      {p, "parts[1] has out [5, 12] and lse [4, 4], expected [4, 12] and [4, 4] as parts[0]"});
+  c.add(
+      "Merge_SecondOutCols", [](World& w) { w.parts[1].out = M::Zero(4, 8); },
+      [](World& w) { attend::merge_attention(w.parts); }, {p, "parts[1] has out [4, 8]", "expected [4, 12]"});
+  c.add(
+      "Merge_SecondLseHeads", [](World& w) { w.parts[1].lse = M::Zero(4, 2); },
+      [](World& w) { attend::merge_attention(w.parts); }, {p, "parts[1] has out [4, 12] and lse [4, 2]"});
+  c.add(
+      "Merge_SecondLseRows", [](World& w) { w.parts[1].lse = M::Zero(2, 4); },
+      [](World& w) { attend::merge_attention(w.parts); }, {p, "lse [2, 4], expected [4, 12] and [4, 4]"});
+  c.add(
+      "Merge_ThirdPartDiffers",
+      [](World& w) {
+        w.parts.push_back({M::Zero(4, 12), M::Zero(4, 3)});
+      },
+      [](World& w) { attend::merge_attention(w.parts); }, {p, "parts[2] has out [4, 12] and lse [4, 3]"});
+  c.add(
+      "Merge_PairMismatch", [](World& w) { w.parts[1].out = M::Zero(4, 4); },
+      [](World& w) { attend::merge_attention(w.parts[0], w.parts[1]); }, {p, "parts[1] has out [4, 4]"});
+
+  const std::string r = prefix("apply_rope");
+  c.add("Rope_OddHeadDim", [](World& w) { attend::apply_rope(w.x, 3); },
+        {r, "rope head dim is 3, expected an even number"});
+  c.add("Rope_NegativeHeadDim", [](World& w) { attend::apply_rope(w.x, -2); }, {r, "rope head dim is -2"});
+  c.add("Rope_HeadDimDoesNotDivide", [](World& w) { attend::apply_rope(w.x, 6); },
+        {r, "x has 16 columns, expected a multiple of the rope head dim (6)"});
+  for (auto [name, theta, text] : {std::tuple{"Rope_Theta0", 0.0, "rope theta is 0"},
+                                   std::tuple{"Rope_ThetaNegative", -10000.0, "rope theta is -10000"},
+                                   std::tuple{"Rope_ThetaInf", kInf, "rope theta is inf"},
+                                   std::tuple{"Rope_ThetaNaN", kNaN, "rope theta is nan"}}) {
+    const double t = theta;
+    c.add(name, [t](World& w) { attend::apply_rope(w.x, 4, 0, t); }, {r, text, "expected a finite value > 0"});
+  }
+}
+
+void add_linear_and_norm(Catalogue& c) {
+  const std::string l = prefix("Linear");
+  c.add("Linear_InputWidth", [](World& w) { w.lin(w.x); }, {l, "x is [3, 16], expected 8 columns (weight is [4, 8])"});
+  c.add("Linear_InputWithoutColumns", [](World& w) { w.lin(w.x_no_cols); }, {l, "x is [3, 0], expected 8 columns"});
+  c.add(
+      "Linear_BiasSize", [](World& w) { w.lin.bias = Vec::Ones(3); }, [](World& w) { w.lin(w.xl); },
+      {l, "bias has 3 entries, expected 0 (no bias) or 4"});
+  c.add(
+      "Linear_BiasForTransposedWeight", [](World& w) { w.lin.bias = Vec::Ones(8); }, [](World& w) { w.lin(w.xl); },
+      {l, "bias has 8 entries, expected 0 (no bias) or 4"});
+  const std::string n = prefix("RMSNorm");
+  c.add("RmsNorm_WeightSize", [](World& w) { w.norm(w.x); },
+        {n, "weight has 8 entries, expected 0 (identity) or 16 for x [3, 16]"});
+  c.add("RmsNorm_InputWithoutColumns", [](World& w) { w.norm(w.x_no_cols); },
+        {n, "weight has 8 entries, expected 0 (identity) or 0 for x [3, 0]"});
+}
+
+void add_mha(Catalogue& c) {
+  const std::string ctor = prefix("MultiHeadAttention");
+  c.add("MhaCtor_DModelNegative", [](World&) { Mha(-1, 2, 2, 4); }, {ctor, "d_model is -1, expected at least 1"});
+  c.add("MhaCtor_Heads0", [](World&) { Mha(16, 0, 1, 4); }, {ctor, "heads is 0, expected at least 1"});
+  c.add("MhaCtor_HeadsNegative", [](World&) { Mha(16, -3, 1, 4); }, {ctor, "heads is -3"});
+  c.add("MhaCtor_KvHeadsNegative", [](World&) { Mha(16, 4, -1, 4); }, {ctor, "kv_heads is -1"});
+  c.add("MhaCtor_HeadDim0", [](World&) { Mha(16, 4, 2, 0); }, {ctor, "head_dim is 0, expected at least 1"});
+  c.add("MhaCtor_HeadDimNegative", [](World&) { Mha(16, 4, 2, -4); }, {ctor, "head_dim is -4"});
+  c.add("MhaCtor_KvHeadsDoNotDivide", [](World&) { Mha(16, 6, 4, 4); },
+        {ctor, "heads (6) is not a multiple of kv_heads (4)"});
+  c.add("MhaCtor_MoreKvHeadsThanHeads", [](World&) { Mha(16, 2, 4, 4); },
+        {ctor, "heads (2) is not a multiple of kv_heads (4)"});
+
+  const std::string f = prefix("MultiHeadAttention::forward");
+  // The three forwards, each checked with the same wrong layers and options.
+  struct Forward {
+    std::string name;
+    std::function<void(World&, const Mha&, const Options&)> call;
+  };
+  const std::vector<Forward> forwards = {
+      {"MhaSelf", [](World& w, const Mha& m, const Options& o) { m.forward(w.x, o); }},
+      {"MhaCross", [](World& w, const Mha& m, const Options& o) { m.forward(w.x, w.ctx, o); }},
+      {"MhaCached", [](World& w, const Mha& m, const Options& o) { m.forward(w.x, w.cache, o); }},
+  };
+  struct Wrong {
+    std::string name;
+    std::function<void(Mha&)> spoil;
+    std::string fragment;
+  };
+  const std::vector<Wrong> wrongs = {
+      {"QProjWeightRows", [](Mha& m) { m.q_proj.weight = M::Zero(12, 16); },
+       "q_proj.weight is [12, 16], expected [16, 16] [out_features, in_features]"},
+      {"KProjWeightTransposed", [](Mha& m) { m.k_proj.weight = M::Zero(16, 8); },
+       "k_proj.weight is [16, 8], expected [8, 16]"},
+      {"VProjWeightCols", [](Mha& m) { m.v_proj.weight = M::Zero(8, 15); },
+       "v_proj.weight is [8, 15], expected [8, 16]"},
+      {"OProjWeightTransposed", [](Mha& m) { m.o_proj.weight = M::Zero(16, 8); },
+       "o_proj.weight is [16, 8], expected [16, 16]"},
+      {"EmptyWeight", [](Mha& m) { m.q_proj.weight = M(); }, "q_proj.weight is [0, 0], expected [16, 16]"},
+      {"QProjBias", [](Mha& m) { m.q_proj.bias = Vec::Zero(8); },
+       "q_proj.bias has 8 entries, expected 0 (no bias) or 16"},
+      {"KProjBias", [](Mha& m) { m.k_proj.bias = Vec::Zero(16); },
+       "k_proj.bias has 16 entries, expected 0 (no bias) or 8"},
+      {"VProjBias", [](Mha& m) { m.v_proj.bias = Vec::Zero(1); }, "v_proj.bias has 1 entries"},
+      {"OProjBias", [](Mha& m) { m.o_proj.bias = Vec::Zero(17); },
+       "o_proj.bias has 17 entries, expected 0 (no bias) or 16"},
+      {"HeadsChangedAfterConstruction", [](Mha& m) { m.heads = 3; },
+       "layer sizes d_model 16, heads 3, kv_heads 2, head_dim 4 are invalid"},
+      {"KvHeadsZeroed", [](Mha& m) { m.kv_heads = 0; }, "kv_heads 0"},
+      {"HeadDimChanged", [](Mha& m) { m.head_dim = 5; }, "q_proj.weight is [16, 16], expected [20, 16]"},
+      {"DModelChanged", [](Mha& m) { m.d_model = 8; }, "q_proj.weight is [16, 16], expected [16, 8]"},
+  };
+  for (const Forward& fw : forwards) {
+    const auto call = fw.call;
+    for (const Wrong& wr : wrongs) {
+      const auto spoil = wr.spoil;
+      c.add(
+          fw.name + "_" + wr.name, [spoil](World& w) { spoil(w.mha); }, [call](World& w) { call(w, w.mha, Options{}); },
+          {f, wr.fragment});
+    }
+    for (const BadOption& bo : bad_options()) {
+      const Options opt = bo.options;
+      c.add(fw.name + "_" + bo.name, [call, opt](World& w) { call(w, w.mha, opt); }, {f, bo.fragment});
+    }
+  }
+  c.add("MhaSelf_InputWidth", [](World& w) { w.mha.forward(w.x_narrow); },
+        {f, "x is [3, 15], expected 16 columns (d_model)"});
+  c.add("MhaSelf_InputWithoutColumns", [](World& w) { w.mha.forward(w.x_no_cols); }, {f, "x is [3, 0], expected 16"});
+  c.add("MhaCross_InputWidth", [](World& w) { w.mha.forward(w.x_narrow, w.ctx); }, {f, "x is [3, 15]"});
+  c.add("MhaCross_ContextWidth", [](World& w) { w.mha.forward(w.x, w.ctx_narrow); },
+        {f, "context is [5, 17], expected 16 columns (d_model)"});
+  c.add("MhaCached_InputWidth", [](World& w) { w.mha.forward(w.x_narrow, w.cache); }, {f, "x is [3, 15]"});
+  c.add("MhaCached_CacheOfMoreKvHeads", [](World& w) { Mha(16, 4, 4, 4).forward(w.x, w.cache); },
+        {f, "cache holds keys of 8 and values of 8 features per token, expected 16 and 16",
+         "filled by a layer of other sizes"});
+  c.add("MhaCached_CacheOfLargerHeadDim", [](World& w) { Mha(16, 4, 2, 6).forward(w.x, w.cache); },
+        {f, "cache holds keys of 8", "expected 12 and 12"});
+  c.add("MhaCached_CacheOfMqa", [](World& w) { Mha(16, 4, 1, 4).forward(w.x, w.cache); }, {f, "expected 4 and 4"});
+
+  const std::string rk = prefix("KVCache::reserve");
+  c.add("KvCacheReserve_OtherWidths", [](World& w) { w.cache.reserve(100, 4, 4); },
+        {rk, "cache holds keys of 8 and values of 8 features per token, expected 4 and 4"});
+  c.add("KvCacheReserve_OtherValueWidth", [](World& w) { w.cache.reserve(100, 8, 16); }, {rk, "expected 8 and 16"});
+  c.add("KvCacheReserve_OtherKeyWidth", [](World& w) { w.cache.reserve(2, 6, 8); }, {rk, "expected 6 and 8"});
+}
+
+void add_mla(Catalogue& c) {
+  const std::string ctor = prefix("MultiHeadLatentAttention");
+  struct BadConfig {
+    std::string name;
+    MlaConfig config;
+    std::string fragment;
+  };
+  const std::vector<BadConfig> configs = {
+      {"DModel0", {0, 2, 0, 6, 4, 2, 4}, "config.d_model is 0, expected at least 1"},
+      {"HeadsNegative", {16, -1, 0, 6, 4, 2, 4}, "config.heads is -1"},
+      {"QLoraNegative", {16, 2, -1, 6, 4, 2, 4}, "config.q_lora_rank is -1, expected >= 0"},
+      {"KvLoraNegative", {16, 2, 0, -2, 4, 2, 4}, "config.kv_lora_rank is -2, expected at least 1"},
+      {"NopeNegative", {16, 2, 0, 6, -1, 2, 4}, "config.qk_nope_head_dim -1 and qk_rope_head_dim 2"},
+      {"RopeNegative", {16, 2, 0, 6, 4, -2, 4}, "qk_rope_head_dim -2 must be >= 0"},
+      {"NoQueryKeyDims",
+       {16, 2, 0, 6, 0, 0, 4},
+       "config.qk_nope_head_dim 0 and qk_rope_head_dim 0 must be >= 0 with a positive sum"},
+      {"RopeOdd", {16, 2, 0, 6, 4, 5, 4}, "config.qk_rope_head_dim is 5, expected an even number"},
+      {"ValueDim0", {16, 2, 0, 6, 4, 2, 0}, "config.v_head_dim is 0, expected at least 1"},
+      {"Theta0", {16, 2, 0, 6, 4, 2, 4, 0.0}, "config.rope_theta is 0, expected a finite value > 0"},
+      {"ThetaNaN", {16, 2, 0, 6, 4, 2, 4, kNaN}, "config.rope_theta is nan"},
+      {"ThetaInf", {16, 2, 0, 6, 4, 2, 4, kInf}, "config.rope_theta is inf"},
+  };
+  for (const BadConfig& bc : configs) {
+    const MlaConfig cfg = bc.config;
+    c.add("MlaCtor_" + bc.name, [cfg](World&) { Mla m(cfg); }, {ctor, bc.fragment});
+  }
+
+  const std::string f = prefix("MultiHeadLatentAttention::forward");
+  struct Forward {
+    std::string name;
+    std::function<void(World&, const Mla&, const Options&)> call;
+  };
+  const std::vector<Forward> forwards = {
+      {"MlaSelf", [](World& w, const Mla& m, const Options& o) { m.forward(w.x, o); }},
+      {"MlaCached", [](World& w, const Mla& m, const Options& o) { m.forward(w.x, w.lcache, o); }},
+  };
+  struct Wrong {
+    std::string name;
+    bool q_lora;  // applies to mla_q (query compression) instead of mla
+    std::function<void(Mla&)> spoil;
+    std::string fragment;
+  };
+  const std::vector<Wrong> wrongs = {
+      {"QProjWeight", false, [](Mla& m) { m.q_proj.weight = M::Zero(10, 16); },
+       "q_proj.weight is [10, 16], expected [12, 16]"},
+      {"QProjBias", false, [](Mla& m) { m.q_proj.bias = Vec::Zero(6); },
+       "q_proj.bias has 6 entries, expected 0 (no bias) or 12"},
+      {"QLoraSetWithoutItsWeights", false, [](Mla& m) { m.config.q_lora_rank = 8; },
+       "q_a_proj.weight is [0, 0], expected [8, 16]"},
+      {"QAProjWeight", true, [](Mla& m) { m.q_a_proj.weight = M::Zero(8, 12); },
+       "q_a_proj.weight is [8, 12], expected [8, 16]"},
+      {"QALayernorm", true, [](Mla& m) { m.q_a_layernorm.weight = Vec::Ones(6); },
+       "q_a_layernorm.weight has 6 entries, expected 0 (identity) or 8"},
+      {"QBProjWeight", true, [](Mla& m) { m.q_b_proj.weight = M::Zero(12, 6); },
+       "q_b_proj.weight is [12, 6], expected [12, 8]"},
+      {"QBProjBias", true, [](Mla& m) { m.q_b_proj.bias = Vec::Zero(8); }, "q_b_proj.bias has 8 entries"},
+      {"KvAProjWeight", false, [](Mla& m) { m.kv_a_proj_with_mqa.weight = M::Zero(6, 16); },
+       "kv_a_proj_with_mqa.weight is [6, 16], expected [8, 16]"},
+      {"KvAProjBias", false, [](Mla& m) { m.kv_a_proj_with_mqa.bias = Vec::Zero(6); },
+       "kv_a_proj_with_mqa.bias has 6 entries, expected 0 (no bias) or 8"},
+      {"KvALayernorm", false, [](Mla& m) { m.kv_a_layernorm.weight = Vec::Ones(8); },
+       "kv_a_layernorm.weight has 8 entries, expected 0 (identity) or 6"},
+      {"KvBProjWeight", false, [](Mla& m) { m.kv_b_proj.weight = M::Zero(16, 8); },
+       "kv_b_proj.weight is [16, 8], expected [16, 6]"},
+      {"KvBProjBias", false, [](Mla& m) { m.kv_b_proj.bias = Vec::Zero(6); },
+       "kv_b_proj.bias has 6 entries, expected 0 (no bias) or 16"},
+      {"OProjWeight", false, [](Mla& m) { m.o_proj.weight = M::Zero(16, 16); },
+       "o_proj.weight is [16, 16], expected [16, 8]"},
+      {"OProjBias", false, [](Mla& m) { m.o_proj.bias = Vec::Zero(8); }, "o_proj.bias has 8 entries"},
+      {"HeadsZeroed", false, [](Mla& m) { m.config.heads = 0; }, "config.heads is 0"},
+      {"RopeMadeOdd", false, [](Mla& m) { m.config.qk_rope_head_dim = 3; }, "config.qk_rope_head_dim is 3"},
+      {"ThetaZeroed", false, [](Mla& m) { m.config.rope_theta = 0; }, "config.rope_theta is 0"},
+  };
+  for (const Forward& fw : forwards) {
+    const auto call = fw.call;
+    for (const Wrong& wr : wrongs) {
+      const auto spoil = wr.spoil;
+      const bool q_lora = wr.q_lora;
+      // mla_q's cache would be of the same widths; the world's latent cache serves both.
+      c.add(
+          fw.name + "_" + wr.name, [spoil, q_lora](World& w) { spoil(q_lora ? w.mla_q : w.mla); },
+          [call, q_lora](World& w) { call(w, q_lora ? w.mla_q : w.mla, Options{}); }, {f, wr.fragment});
+    }
+    for (const BadOption& bo : bad_options()) {
+      const Options opt = bo.options;
+      c.add(fw.name + "_" + bo.name, [call, opt](World& w) { call(w, w.mla, opt); }, {f, bo.fragment});
+    }
+  }
+  c.add("MlaSelf_InputWidth", [](World& w) { w.mla.forward(w.x_narrow); },
+        {f, "x is [3, 15], expected 16 columns (d_model)"});
+  c.add("MlaCached_InputWidth", [](World& w) { w.mla.forward(w.x_narrow, w.lcache); }, {f, "x is [3, 15]"});
+  c.add("MlaCached_CacheOfLargerLatent",
+        [](World& w) {
+          Mla(MlaConfig{16, 2, 0, 8, 4, 2, 4}).forward(w.x, w.lcache);
+        },
+        {f,
+         "cache holds latents of 6 and rope keys of 2 features per token, expected kv_lora_rank 8 and "
+         "qk_rope_head_dim 2",
+         "filled by a layer of other sizes"});
+  c.add("MlaCached_CacheOfLargerRope",
+        [](World& w) {
+          Mla(MlaConfig{16, 2, 0, 6, 4, 4, 4}).forward(w.x, w.lcache);
+        },
+        {f, "expected kv_lora_rank 6 and qk_rope_head_dim 4"});
+  c.add("MlaCached_CacheOfSameTotalWidth",
+        [](World& w) {
+          Mla(MlaConfig{16, 2, 0, 4, 4, 4, 4}).forward(w.x, w.lcache);
+        },
+        {f, "cache holds latents of 6 and rope keys of 2", "expected kv_lora_rank 4 and qk_rope_head_dim 4"});
+  c.add(
+      "MlaCached_KeyBiasWithSoftcap", [](World& w) { w.mla.kv_b_proj.bias = Vec::Ones(16); },
+      [](World& w) { w.mla.forward(w.x, w.lcache, softcap(30)); },
+      {f, "kv_b_proj.bias has nonzero key entries and options.softcap is 30"});
+
+  const std::string rl = prefix("LatentCache::reserve");
+  c.add("LatentCacheReserve_OtherLatentWidth", [](World& w) { w.lcache.reserve(100, 8, 2); },
+        {rl,
+         "cache holds latents of 6 and rope keys of 2 features per token, expected kv_lora_rank 8 and "
+         "qk_rope_head_dim 2"});
+  c.add("LatentCacheReserve_OtherRopeWidth", [](World& w) { w.lcache.reserve(100, 6, 4); },
+        {rl, "expected kv_lora_rank 6 and qk_rope_head_dim 4"});
+  c.add("LatentCacheReserve_SameTotalWidth", [](World& w) { w.lcache.reserve(1, 4, 4); },
+        {rl, "expected kv_lora_rank 4 and qk_rope_head_dim 4"});
+}
+
+void add_conversions(Catalogue& c) {
+  const std::string g = prefix("to_grouped");
+  c.add("ToGrouped_KvHeadsNegative", [](World& w) { attend::to_grouped(w.mha, -1); },
+        {g, "kv_heads is -1, expected a divisor of the source's kv heads (2)"});
+  c.add("ToGrouped_MoreKvHeadsThanSource", [](World& w) { attend::to_grouped(w.mha, 4); }, {g, "kv_heads is 4"});
+  c.add(
+      "ToGrouped_SourceWeights", [](World& w) { w.mha.v_proj.weight = M::Zero(16, 16); },
+      [](World& w) { attend::to_grouped(w.mha, 1); }, {g, "v_proj.weight is [16, 16], expected [8, 16]"});
+  c.add(
+      "ToGrouped_SourceBias", [](World& w) { w.mha.k_proj.bias = Vec::Zero(4); },
+      [](World& w) { attend::to_grouped(w.mha, 1); }, {g, "k_proj.bias has 4 entries"});
+  c.add(
+      "ToGrouped_SourceSizes", [](World& w) { w.mha.heads = 3; }, [](World& w) { attend::to_grouped(w.mha, 1); },
+      {g, "layer sizes d_model 16, heads 3, kv_heads 2, head_dim 4 are invalid"});
+
+  const std::string l = prefix("to_latent");
+  c.add("ToLatent_RankNegative", [](World& w) { attend::to_latent(w.mha, -1); },
+        {l, "kv_lora_rank is -1, expected 1..16 (the stacked [W_k; W_v] is [32, 16])"});
+  c.add("ToLatent_RankAboveDModel", [](World& w) { attend::to_latent(w.mha, 17); },
+        {l, "kv_lora_rank is 17, expected 1..16"});
+  c.add(
+      "ToLatent_SourceWeights", [](World& w) { w.mha.o_proj.weight = M::Zero(16, 15); },
+      [](World& w) { attend::to_latent(w.mha, 4); }, {l, "o_proj.weight is [16, 15], expected [16, 16]"});
+  c.add(
+      "ToLatent_SourceBias", [](World& w) { w.mha.v_proj.bias = Vec::Zero(5); },
+      [](World& w) { attend::to_latent(w.mha, 4); }, {l, "v_proj.bias has 5 entries"});
+  c.add(
+      "ToLatent_SourceSizes", [](World& w) { w.mha.kv_heads = 3; }, [](World& w) { attend::to_latent(w.mha, 4); },
+      {l, "kv_heads 3", "are invalid"});
+
+  const std::string s = prefix("kv_singular_values");
+  c.add(
+      "KvSingularValues_SourceWeights", [](World& w) { w.mha.k_proj.weight = M::Zero(8, 12); },
+      [](World& w) { attend::kv_singular_values(w.mha); }, {s, "k_proj.weight is [8, 12], expected [8, 16]"});
+  c.add(
+      "KvSingularValues_SourceBias", [](World& w) { w.mha.q_proj.bias = Vec::Zero(3); },
+      [](World& w) { attend::kv_singular_values(w.mha); }, {s, "q_proj.bias has 3 entries"});
+  c.add(
+      "KvSingularValues_SourceSizes", [](World& w) { w.mha.head_dim = 0; },
+      [](World& w) { attend::kv_singular_values(w.mha); }, {s, "head_dim 0", "are invalid"});
+}
+
+std::vector<Case> catalogue() {
+  Catalogue c;
+  add_single_head(c);
+  add_multi_head(c);
+  add_merge_and_rope(c);
+  add_linear_and_norm(c);
+  add_mha(c);
+  add_mla(c);
+  add_conversions(c);
+  return c.cases;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+class BadInput : public ::testing::TestWithParam<Case> {};
+
+TEST_P(BadInput, ThrowsShapeErrorNamingTheArgumentAndChangesNothing) {
+  const Case& c = GetParam();
+  World w = make_world();
+  if (c.setup) c.setup(w);
+  const World before = w;
+  try {
+    c.call(w);
+    ADD_FAILURE() << c.name << ": no exception";
+  } catch (const attend::shape_error& e) {
+    const std::string what = e.what();
+    ASSERT_FALSE(c.fragments.empty());
+    EXPECT_EQ(what.rfind(c.fragments.front(), 0), 0u)
+        << "message does not start with '" << c.fragments.front() << "': " << what;
+    for (const std::string& f : c.fragments)
+      EXPECT_NE(what.find(f), std::string::npos) << "'" << f << "' not in: " << what;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << c.name << ": threw another exception: " << e.what();
+  }
+  EXPECT_EQ(first_difference(w, before), "") << "changed by the failed call";
+}
+
+INSTANTIATE_TEST_SUITE_P(Catalogue, BadInput, ::testing::ValuesIn(catalogue()),
+                         [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+// The World must itself be valid: every function above succeeds on its good arguments, so each case fails only
+// because of the one thing it changes.
+TEST(BadInputWorld, GoodArgumentsAreAccepted) {
+  World w = make_world();
+  Options o;
+  EXPECT_NO_THROW(attend::scaled_dot_product_attention(w.q, w.k, w.v, w.bias, o));
+  EXPECT_NO_THROW(attend::scaled_dot_product_attention_into(w.q, w.k, w.v, w.out, o));
+  EXPECT_NO_THROW(attend::attention_weights(w.q, w.k, w.bias, o));
+  EXPECT_NO_THROW(attend::reference::scaled_dot_product_attention(w.q, w.k, w.v, o, &w.bias_d));
+  EXPECT_NO_THROW(attend::multi_head_attention_into(w.qh, w.kh, w.vh, Heads{4, 2}, w.outh, o));
+  EXPECT_NO_THROW(attend::multi_query_attention(w.qh, w.kq, w.vq, 4, o));
+  EXPECT_NO_THROW(attend::merge_attention(w.parts));
+  EXPECT_NO_THROW(attend::apply_rope(w.x, 4));
+  EXPECT_NO_THROW(w.lin(w.xl));
+  EXPECT_NO_THROW(w.norm(w.xl));
+  EXPECT_NO_THROW(w.mha.forward(w.x, w.ctx, o));
+  EXPECT_NO_THROW(w.mha.forward(w.x, w.cache, o));
+  EXPECT_NO_THROW(w.mla.forward(w.x, w.lcache, o));
+  EXPECT_NO_THROW(w.mla_q.forward(w.x, o));
+  EXPECT_NO_THROW(attend::to_grouped(w.mha, 1));
+  EXPECT_NO_THROW(attend::to_latent(w.mha, 16));
+  EXPECT_NO_THROW(attend::kv_singular_values(w.mha));
+  EXPECT_NO_THROW(w.cache.reserve(100, 8, 8));
+  EXPECT_NO_THROW(w.lcache.reserve(100, 6, 2));
+  EXPECT_EQ(w.cache.size(), 6);  // forward(x, cache) above appended 3 tokens
+  EXPECT_EQ(w.lcache.size(), 6);
+}
+
+// A World compared with itself after a change is told apart: the comparison is not vacuous.
+TEST(BadInputWorld, ComparisonSeesEveryKindOfChange) {
+  const World a = make_world();
+  World b = a;
+  EXPECT_EQ(first_difference(a, b), "");
+  b.mha.forward(b.x, b.cache);
+  EXPECT_EQ(first_difference(a, b), "cache");
+  b = a;
+  b.mla.kv_b_proj.weight(0, 0) += 1;
+  EXPECT_EQ(first_difference(a, b), "mla");
+  b = a;
+  b.out(3, 5) = 0;
+  EXPECT_EQ(first_difference(a, b), "out");
+  b = a;
+  b.parts[1].lse(0, 0) = 1;
+  EXPECT_EQ(first_difference(a, b), "parts[1]");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Header bugs found by this catalogue, reported to the kernel owners. Disabled until the headers are fixed; run
+// them with --gtest_also_run_disabled_tests. Each states the behaviour the contract asks for.
+
+// A scale that is finite in double but not in float (or a softcap likewise) is accepted, then becomes inf in the
+// float kernel and turns finite inputs into NaN. Either refuse it or compute with it; never NaN.
+TEST(PendingHeaderFix, DISABLED_FloatScaleBeyondFloatRange) {
+  const M q = M::Ones(2, 4), k = M::Ones(3, 4), v = M::Ones(3, 2);
+  for (const Options& o : {scale(1e300), softcap(1e300)}) {
+    try {
+      const M out = attend::scaled_dot_product_attention(q, k, v, o);
+      EXPECT_TRUE(out.allFinite()) << out;  // the double reference gives all ones
+    } catch (const attend::shape_error&) {
+    }
+  }
+}
+
+// Negative widths reach Eigen's resize: an assertion failure in debug builds, std::bad_alloc in release builds
+// (KVCache), or a cache whose latent width exceeds its row width (LatentCache).
+TEST(PendingHeaderFix, DISABLED_CacheReserveRejectsNegativeWidths) {
+  attend::KVCache<float> kv;
+  EXPECT_THROW(kv.reserve(10, -1, 4), attend::shape_error);
+  attend::LatentCache<float> latent;
+  EXPECT_THROW(latent.reserve(10, 4, -2), attend::shape_error);
+}
+
+// Zero-row inputs make these functions take blocks of empty matrices at nonzero column offsets: Eigen then
+// offsets the null data pointer, undefined behaviour that UBSan reports (found by the fuzzer and the property
+// test under the asan preset). The results are right in normal builds, so this passes there; under the asan
+// preset it fails until the functions return early for zero rows: merge_attention (softmax.hpp:85),
+// reference::multi_head_attention (reference.hpp:90), MultiHeadLatentAttention::forward(x) (latent.hpp:145)
+// and forward(x, cache) (latent.hpp:189).
+TEST(PendingHeaderFix, DISABLED_ZeroRowsWithoutNullPointerArithmetic) {
+  const attend::AttentionResult<float> empty{M(0, 4), M(0, 2)};
+  const auto merged = attend::merge_attention(empty, empty);
+  EXPECT_EQ(merged.out.cols(), 4);
+  EXPECT_EQ(attend::reference::multi_head_attention(M(0, 8), M::Ones(5, 8), M::Ones(5, 8), Heads{2, 2}).rows(), 0);
+  EXPECT_TRUE(attend::reference::multi_head_attention(M::Ones(3, 8), M(0, 8), M(0, 8), Heads{2, 2}).isZero(0));
+  const Mla mla(MlaConfig{8, 2, 0, 4, 2, 2, 2});
+  EXPECT_EQ(mla.forward(M(0, 8)).rows(), 0);
+  attend::LatentCache<float> cache;
+  EXPECT_EQ(mla.forward(M(0, 8), cache).rows(), 0);
+  EXPECT_EQ(cache.size(), 0);
+}
+
+// Sizes near INT_MAX overflow int arithmetic in MultiHeadLatentAttention's checks (undefined behaviour, caught by
+// UBSan) before any shape_error.
+TEST(PendingHeaderFix, DISABLED_MlaConfigNearIntMax) {
+  EXPECT_THROW(Mla(MlaConfig{16, 2, 0, 4, std::numeric_limits<int>::max(), 2, 4}), std::exception);
+}
+
+}  // namespace
