@@ -36,7 +36,7 @@
 
 namespace attend::detail {
 
-/// Tile sizes. Measured on the 2-core AVX-512 development machine (fp32, one thread, see docs/benchmarks.md):
+/// Tile sizes. Measured on the 2-core AVX-512 development machine (fp32, one thread; bench/ holds the benchmarks):
 /// - prefill (L = 4096, d = 64 and 128): 256 x 256 tiles keep both products near Eigen's GEMM speed while the
 ///   scores (256 KiB in float) stay in L2; 64-row tiles lose ~25%.
 /// - tiles of at most kFewRows query rows (decoding): 64-key tiles keep the K tile in L1 while each query row
