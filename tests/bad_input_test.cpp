@@ -77,11 +77,6 @@ struct World {
   M xl;                                        // [2,8]
 };
 
-void randomize(attend::Linear<float>& lin, std::mt19937& rng) {
-  lin.weight = attend_test::random_matrix<float>(lin.weight.rows(), lin.weight.cols(), rng, 0.3);
-  lin.bias = attend_test::random_matrix<float>(lin.weight.rows(), 1, rng, 0.3);
-}
-
 World make_world() {
   std::mt19937 rng(20240606);
   const auto rnd = [&](Index r, Index c) { return attend_test::random_matrix<float>(r, c, rng); };
@@ -98,10 +93,10 @@ World make_world() {
   w.kh_wide = rnd(5, 12), w.vh_odd = rnd(5, 5), w.vh_long = rnd(6, 6), w.outh_bad = M::Constant(4, 11, 7.f);
   for (int i = 0; i < 2; ++i) w.parts.push_back({rnd(4, 12), rnd(4, 4)});
   w.x = rnd(3, 16), w.ctx = rnd(5, 16), w.x_narrow = rnd(3, 15), w.ctx_narrow = rnd(5, 17), w.x_no_cols = M(3, 0);
-  for (auto* lin : {&w.mha.q_proj, &w.mha.k_proj, &w.mha.v_proj, &w.mha.o_proj}) randomize(*lin, rng);
+  for (auto* lin : {&w.mha.q_proj, &w.mha.k_proj, &w.mha.v_proj, &w.mha.o_proj}) attend_test::randomize(*lin, rng);
   for (Mla* m : {&w.mla, &w.mla_q}) {
     for (auto* lin : {&m->q_proj, &m->q_a_proj, &m->q_b_proj, &m->kv_a_proj_with_mqa, &m->kv_b_proj, &m->o_proj})
-      if (lin->weight.size() != 0) randomize(*lin, rng);
+      if (lin->weight.size() != 0) attend_test::randomize(*lin, rng);
     m->kv_a_layernorm.weight = Vec::Ones(6);
   }
   w.mla_q.q_a_layernorm.weight = Vec::Ones(8);

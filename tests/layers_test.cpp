@@ -18,22 +18,10 @@ using attend_test::expect_error;
 using attend::Vector;
 using attend_test::max_abs_diff;
 using attend_test::random_matrix;
+using attend_test::random_mha;
+using attend_test::randomize;
 
 namespace {
-
-template <class T>
-void randomize(attend::Linear<T>& lin, std::mt19937& rng, bool with_bias) {
-  lin.weight = random_matrix<T>(lin.weight.rows(), lin.weight.cols(), rng, 0.3);
-  if (with_bias) lin.bias = random_matrix<T>(lin.weight.rows(), 1, rng, 0.3);
-}
-
-template <class T>
-attend::MultiHeadAttention<T> random_mha(int d_model, int heads, int kv_heads, int head_dim, std::mt19937& rng,
-                                         bool bias = true) {
-  attend::MultiHeadAttention<T> m(d_model, heads, kv_heads, head_dim);
-  for (auto* lin : {&m.q_proj, &m.k_proj, &m.v_proj, &m.o_proj}) randomize(*lin, rng, bias);
-  return m;
-}
 
 template <class T>
 attend::MultiHeadLatentAttention<T> random_mla(typename attend::MultiHeadLatentAttention<T>::Config c,

@@ -22,6 +22,7 @@ using attend::Options;
 using attend::Vector;
 using attend_test::max_abs_diff;
 using attend_test::random_matrix;
+using attend_test::random_mha;
 using attend_test::tolerance;
 
 namespace {
@@ -215,19 +216,6 @@ TYPED_TEST(Numerics, NanInOneQueryRowOfWeightsAndBiasedAttention) {
     EXPECT_EQ(w.row(i).array().isNaN().any(), i == 4) << i;
     EXPECT_EQ(out.row(i).array().isNaN().any(), i == 4) << i;
   }
-}
-
-template <class T>
-void randomize(attend::Linear<T>& lin, std::mt19937& rng) {
-  lin.weight = random_matrix<T>(lin.weight.rows(), lin.weight.cols(), rng, 0.3);
-  lin.bias = random_matrix<T>(lin.weight.rows(), 1, rng, 0.3);
-}
-
-template <class T>
-attend::MultiHeadAttention<T> random_mha(int d_model, int heads, int kv_heads, int head_dim, std::mt19937& rng) {
-  attend::MultiHeadAttention<T> m(d_model, heads, kv_heads, head_dim);
-  for (auto* lin : {&m.q_proj, &m.k_proj, &m.v_proj, &m.o_proj}) randomize(*lin, rng);
-  return m;
 }
 
 template <class T>

@@ -36,6 +36,22 @@ double max_abs_diff(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b
   return (a.template cast<double>() - b.template cast<double>()).cwiseAbs().maxCoeff();
 }
 
+// Fills a layer's weight, then (unless with_bias is false) its bias, with N(0, 0.3^2) values.
+template <class T>
+void randomize(attend::Linear<T>& lin, std::mt19937& rng, bool with_bias = true) {
+  lin.weight = random_matrix<T>(lin.weight.rows(), lin.weight.cols(), rng, 0.3);
+  if (with_bias) lin.bias = random_matrix<T>(lin.weight.rows(), 1, rng, 0.3);
+}
+
+// A MultiHeadAttention layer with random projections (biases too, unless bias is false).
+template <class T>
+attend::MultiHeadAttention<T> random_mha(int d_model, int heads, int kv_heads, int head_dim, std::mt19937& rng,
+                                         bool bias = true) {
+  attend::MultiHeadAttention<T> m(d_model, heads, kv_heads, head_dim);
+  for (auto* lin : {&m.q_proj, &m.k_proj, &m.v_proj, &m.o_proj}) randomize(*lin, rng, bias);
+  return m;
+}
+
 inline bool all_finite(const attend::Matrix<double>& m) { return m.allFinite(); }
 
 using Scalars = ::testing::Types<float, double>;
