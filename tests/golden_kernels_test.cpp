@@ -320,14 +320,7 @@ template <class T>
 class GoldenKernels : public ::testing::Test {};
 using Scalars = ::testing::Types<float, double>;
 
-class ScalarNames {
- public:
-  template <class T>
-  static std::string GetName(int) {
-    return std::is_same<T, float>::value ? "float" : "double";
-  }
-};
-TYPED_TEST_SUITE(GoldenKernels, Scalars, ScalarNames);
+TYPED_TEST_SUITE(GoldenKernels, Scalars);
 
 template <class T>
 std::string type_tag() {

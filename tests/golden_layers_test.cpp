@@ -411,14 +411,7 @@ template <class T>
 class GoldenLayers : public ::testing::Test {};
 using Scalars = ::testing::Types<float, double>;
 
-class ScalarNames {
- public:
-  template <class T>
-  static std::string GetName(int) {
-    return std::is_same<T, float>::value ? "float" : "double";
-  }
-};
-TYPED_TEST_SUITE(GoldenLayers, Scalars, ScalarNames);
+TYPED_TEST_SUITE(GoldenLayers, Scalars);
 
 TYPED_TEST(GoldenLayers, MultiHeadAttentionVsTorchMultiheadAttention) {
   Worst worst;

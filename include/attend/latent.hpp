@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <string>
 
 #include "attend/detail/blocked_attention.hpp"
 #include "attend/detail/checks.hpp"
@@ -35,9 +36,13 @@ class LatentCache {
   /// Forgets every token (keeps the storage); the cache can then serve a layer of any size.
   void clear() { size_ = 0; }
   /// Makes room for `tokens` tokens of a layer with these widths, so decoding up to that length never
-  /// reallocates. Throws shape_error if the cache holds tokens of other widths.
+  /// reallocates. Throws shape_error for a negative argument or if the cache holds tokens of other widths.
   void reserve(Index tokens, Index latent_width, Index rope_width) {
-    check_widths("LatentCache::reserve", latent_width, rope_width);
+    constexpr const char* fn = "LatentCache::reserve";
+    if (tokens < 0 || latent_width < 0 || rope_width < 0)
+      detail::fail(fn, "tokens ", tokens, ", latent_width ", latent_width, " and rope_width ", rope_width,
+                   " must not be negative");
+    check_widths(fn, latent_width, rope_width);
     if (size_ == 0) {
       data_.resize(0, latent_width + rope_width);
       latent_ = latent_width;
@@ -100,15 +105,15 @@ struct MultiHeadLatentAttention {
   ///         both head dims), an odd qk_rope_head_dim, or a non-positive rope_theta.
   explicit MultiHeadLatentAttention(const Config& c) : config(c) {
     check_config("MultiHeadLatentAttention");
-    const Index h = c.heads, qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
+    const Index h = c.heads, qk = Index(c.qk_nope_head_dim) + c.qk_rope_head_dim;
     if (c.q_lora_rank == 0) {
       q_proj.weight = Matrix<T>::Zero(h * qk, c.d_model);
     } else {
       q_a_proj.weight = Matrix<T>::Zero(c.q_lora_rank, c.d_model);
       q_b_proj.weight = Matrix<T>::Zero(h * qk, c.q_lora_rank);
     }
-    kv_a_proj_with_mqa.weight = Matrix<T>::Zero(c.kv_lora_rank + c.qk_rope_head_dim, c.d_model);
-    kv_b_proj.weight = Matrix<T>::Zero(h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+    kv_a_proj_with_mqa.weight = Matrix<T>::Zero(Index(c.kv_lora_rank) + c.qk_rope_head_dim, c.d_model);
+    kv_b_proj.weight = Matrix<T>::Zero(h * (Index(c.qk_nope_head_dim) + c.v_head_dim), c.kv_lora_rank);
     o_proj.weight = Matrix<T>::Zero(c.d_model, h * c.v_head_dim);
   }
 
@@ -132,6 +137,8 @@ struct MultiHeadLatentAttention {
     constexpr const char* fn = "MultiHeadLatentAttention::forward";
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
+    // Column blocks of empty matrices would offset their null data pointers (undefined behaviour).
+    if (x.rows() == 0) return Matrix<T>(0, config.d_model);
     const Config& c = config;
     const Index h_count = c.heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, dv = c.v_head_dim;
     const Index r = c.kv_lora_rank, qk = nope + rope;
@@ -174,6 +181,7 @@ struct MultiHeadLatentAttention {
         if (!kv_b_proj.bias.segment(h * (nope + dv), nope).isZero(0))
           detail::fail(fn, "kv_b_proj.bias has nonzero key entries and options.softcap is ", options.softcap,
                        ": the latent cache path cannot absorb a key bias under a softcap (use forward(x))");
+    if (x.rows() == 0) return Matrix<T>(0, c.d_model);  // no token to append (see forward(x))
 
     const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
     const Index start = cache.size();
@@ -217,7 +225,7 @@ struct MultiHeadLatentAttention {
   void check_weights(const char* fn) const {
     check_config(fn);
     const Config& c = config;
-    const Index h = c.heads, qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
+    const Index h = c.heads, qk = Index(c.qk_nope_head_dim) + c.qk_rope_head_dim;
     if (c.q_lora_rank == 0) {
       detail::check_linear(fn, "q_proj", q_proj, h * qk, c.d_model);
     } else {
@@ -225,10 +233,11 @@ struct MultiHeadLatentAttention {
       check_norm(fn, "q_a_layernorm", q_a_layernorm, c.q_lora_rank);
       detail::check_linear(fn, "q_b_proj", q_b_proj, h * qk, c.q_lora_rank);
     }
-    detail::check_linear(fn, "kv_a_proj_with_mqa", kv_a_proj_with_mqa, c.kv_lora_rank + c.qk_rope_head_dim,
+    detail::check_linear(fn, "kv_a_proj_with_mqa", kv_a_proj_with_mqa, Index(c.kv_lora_rank) + c.qk_rope_head_dim,
                          c.d_model);
     check_norm(fn, "kv_a_layernorm", kv_a_layernorm, c.kv_lora_rank);
-    detail::check_linear(fn, "kv_b_proj", kv_b_proj, h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+    detail::check_linear(fn, "kv_b_proj", kv_b_proj, h * (Index(c.qk_nope_head_dim) + c.v_head_dim),
+                         c.kv_lora_rank);
     detail::check_linear(fn, "o_proj", o_proj, c.d_model, h * c.v_head_dim);
   }
 
@@ -239,7 +248,7 @@ struct MultiHeadLatentAttention {
     if (c.heads < 1) detail::fail(fn, "config.heads is ", c.heads, ", expected at least 1");
     if (c.q_lora_rank < 0) detail::fail(fn, "config.q_lora_rank is ", c.q_lora_rank, ", expected >= 0");
     if (c.kv_lora_rank < 1) detail::fail(fn, "config.kv_lora_rank is ", c.kv_lora_rank, ", expected at least 1");
-    if (c.qk_nope_head_dim < 0 || c.qk_rope_head_dim < 0 || c.qk_nope_head_dim + c.qk_rope_head_dim < 1)
+    if (c.qk_nope_head_dim < 0 || c.qk_rope_head_dim < 0 || Index(c.qk_nope_head_dim) + c.qk_rope_head_dim < 1)
       detail::fail(fn, "config.qk_nope_head_dim ", c.qk_nope_head_dim, " and qk_rope_head_dim ", c.qk_rope_head_dim,
                    " must be >= 0 with a positive sum");
     if (c.qk_rope_head_dim % 2 != 0)
@@ -253,13 +262,14 @@ struct MultiHeadLatentAttention {
   static void check_norm(const char* fn, const char* name, const RMSNorm<T>& norm, Index width) {
     if (norm.weight.size() != 0 && norm.weight.size() != width)
       detail::fail(fn, name, ".weight has ", norm.weight.size(), " entries, expected 0 (identity) or ", width);
+    if (norm.weight.size() != 0) norm.check_eps(fn, (std::string(name) + ".eps").c_str());
   }
 
   template <class Derived>
   void check(const char* fn, const Eigen::MatrixBase<Derived>& x, const Options& options) const {
     check_weights(fn);
     detail::check_input(fn, "x", x, config.d_model);
-    detail::check_options(fn, options);
+    detail::check_options<T>(fn, options);
   }
 
   Options scaled(const Options& options) const {

@@ -85,20 +85,30 @@ struct RMSNorm {
   double eps = 1e-6;
 
   /// **Shapes:** (L,n) => (L,n)
-  /// \throws attend::shape_error when weight is neither empty nor of size n.
+  /// An all-zero row stays zero, also with eps = 0 (where the formula would give 0/0).
+  /// \throws attend::shape_error when weight is neither empty nor of size n, or when eps is negative or not
+  ///         finite.
   template <class Derived>
   Matrix<T> operator()(const Eigen::MatrixBase<Derived>& x) const {
     detail::static_check_scalars<T, Derived>();
     if (weight.size() != 0 && weight.size() != x.cols())
       detail::fail("RMSNorm", "weight has ", weight.size(), " entries, expected 0 (identity) or ", x.cols(),
                    " for x ", detail::shape_of(x));
+    check_eps("RMSNorm", "eps");
     Matrix<T> y = x;
     if (weight.size() == 0) return y;
     for (Index r = 0; r < y.rows(); ++r) {
-      const T inv_rms = T(1) / std::sqrt(y.row(r).squaredNorm() / T(y.cols()) + static_cast<T>(eps));
+      const T mean_square = y.row(r).squaredNorm() / T(y.cols()) + static_cast<T>(eps);
+      if (mean_square == 0) continue;  // an all-zero row with eps 0
+      const T inv_rms = T(1) / std::sqrt(mean_square);
       y.row(r) = (y.row(r).array() * inv_rms * weight.transpose().array()).matrix();
     }
     return y;
+  }
+
+  /// Throws shape_error naming `fn` and `name` unless eps is finite and >= 0.
+  void check_eps(const char* fn, const char* name) const {
+    if (!(std::isfinite(eps) && eps >= 0)) detail::fail(fn, name, " is ", eps, ", expected a finite value >= 0");
   }
 };
 
@@ -116,9 +126,13 @@ class KVCache {
   /// Forgets every token (keeps the storage); the cache can then serve a layer of any size.
   void clear() { size_ = 0; }
   /// Makes room for `tokens` tokens of `key_width` / `value_width` features, so decoding up to that length
-  /// never reallocates. Throws shape_error if the cache holds tokens of other widths.
+  /// never reallocates. Throws shape_error for a negative argument or if the cache holds tokens of other widths.
   void reserve(Index tokens, Index key_width, Index value_width) {
-    check_widths("KVCache::reserve", key_width, value_width);
+    constexpr const char* fn = "KVCache::reserve";
+    if (tokens < 0 || key_width < 0 || value_width < 0)
+      detail::fail(fn, "tokens ", tokens, ", key_width ", key_width, " and value_width ", value_width,
+                   " must not be negative");
+    check_widths(fn, key_width, value_width);
     if (keys_.cols() != key_width || values_.cols() != value_width) {
       keys_.resize(0, key_width);
       values_.resize(0, value_width);
@@ -257,7 +271,7 @@ struct MultiHeadAttention {
   void check(const char* fn, const Eigen::MatrixBase<Derived>& x, const Options& options) const {
     check_weights(fn);
     detail::check_input(fn, "x", x, d_model);
-    detail::check_options(fn, options);
+    detail::check_options<T>(fn, options);
   }
 
   template <class Derived>

@@ -20,7 +20,7 @@ namespace attend::reference {
 template <class DQ, class DK>
 Matrix<double> attention_weights(const Eigen::MatrixBase<DQ>& q_in, const Eigen::MatrixBase<DK>& k_in,
                                  const Options& options = {}, const Matrix<double>* bias = nullptr) {
-  detail::check_attention("reference::attention_weights", q_in, k_in, k_in, options);
+  detail::check_attention<double>("reference::attention_weights", q_in, k_in, k_in, options);
   if (bias) detail::check_bias("reference::attention_weights", *bias, q_in, k_in);
   const Matrix<double> q = q_in.template cast<double>();
   const Matrix<double> k = k_in.template cast<double>();
@@ -60,7 +60,8 @@ template <class DQ, class DK, class DV>
 Matrix<double> scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                                             const Eigen::MatrixBase<DV>& v_in, const Options& options = {},
                                             const Matrix<double>* bias = nullptr) {
-  detail::check_attention("reference::scaled_dot_product_attention", q, k, v_in, options);
+  detail::check_attention<double>("reference::scaled_dot_product_attention", q, k, v_in, options);
+  if (bias) detail::check_bias("reference::scaled_dot_product_attention", *bias, q, k);
   const Matrix<double> p = attention_weights(q, k, options, bias);
   const Matrix<double> v = v_in.template cast<double>();
   Matrix<double> out = Matrix<double>::Zero(p.rows(), v.cols());
@@ -78,13 +79,15 @@ Matrix<double> scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q, cons
 template <class DQ, class DK, class DV>
 Matrix<double> multi_head_attention(const Eigen::MatrixBase<DQ>& q_in, const Eigen::MatrixBase<DK>& k_in,
                                     const Eigen::MatrixBase<DV>& v_in, Heads heads, const Options& options = {}) {
-  detail::check_multi_head("reference::multi_head_attention", q_in, k_in, v_in, heads, options);
+  detail::check_multi_head<double>("reference::multi_head_attention", q_in, k_in, v_in, heads, options);
   const Matrix<double> q = q_in.template cast<double>();
   const Matrix<double> k = k_in.template cast<double>();
   const Matrix<double> v = v_in.template cast<double>();
   const Index d = q.cols() / heads.query, dv = v.cols() / heads.kv;
   const int group = heads.query / heads.kv;
-  Matrix<double> out(q.rows(), heads.query * dv);
+  Matrix<double> out = Matrix<double>::Zero(q.rows(), heads.query * dv);
+  // Column blocks of an empty matrix would offset its null data pointer (undefined behaviour).
+  if (q.rows() == 0 || k.rows() == 0) return out;
   for (int h = 0; h < heads.query; ++h) {
     const int g = h / group;
     out.middleCols(h * dv, dv) = scaled_dot_product_attention(q.middleCols(h * d, d), k.middleCols(g * d, d),

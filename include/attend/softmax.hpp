@@ -79,6 +79,7 @@ AttentionResult<T> merge_attention(const std::vector<AttentionResult<T>>& parts)
                    detail::Shape{rows, heads}, " as parts[0]");
   const Index dv = cols / heads;
   AttentionResult<T> merged{Matrix<T>(rows, cols), Matrix<T>(rows, heads)};
+  if (rows == 0) return merged;  // offsetting an empty matrix's null data pointer is undefined behaviour
   for (Index h = 0; h < heads; ++h) {
     std::vector<const T*> outs, lses;
     for (const auto& p : parts) {

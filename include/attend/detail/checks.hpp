@@ -17,15 +17,19 @@ constexpr void static_check_scalars() {
                 "attend: all matrix arguments must have the same scalar type (float or double)");
 }
 
-/// Checks q [Lq,d], k [Lk,d], v [Lk,dv], an optional bias [Lq,Lk] and the options.
-template <class Q, class K, class V>
+template <class Compute, class Q>
+using compute_scalar = std::conditional_t<std::is_void_v<Compute>, typename Q::Scalar, Compute>;
+
+/// Checks q [Lq,d], k [Lk,d], v [Lk,dv] and the options. `Compute` is the scalar type the caller computes in
+/// (default: q's), against which the options' scale and softcap must be representable.
+template <class Compute = void, class Q, class K, class V>
 void check_attention(const char* fn, const Q& q, const K& k, const V& v, const Options& options) {
   if (q.cols() < 1) fail(fn, "q is ", shape_of(q), ", expected at least one column (the head dimension)");
   if (k.cols() != q.cols())
     fail(fn, "k has ", k.cols(), " columns, expected q's ", q.cols(), " (q ", shape_of(q), ", k ", shape_of(k), ")");
   if (v.rows() != k.rows())
     fail(fn, "v has ", v.rows(), " rows, expected k's ", k.rows(), " (k ", shape_of(k), ", v ", shape_of(v), ")");
-  check_options(fn, options);
+  check_options<compute_scalar<Compute, Q>>(fn, options);
 }
 
 template <class B, class Q, class K>
@@ -35,8 +39,8 @@ void check_bias(const char* fn, const B& bias, const Q& q, const K& k) {
          ", k ", shape_of(k), ")");
 }
 
-/// Checks q [Lq,H*d], k [Lk,G*d], v [Lk,G*dv] against Heads{H,G} and the options.
-template <class Q, class K, class V>
+/// Checks q [Lq,H*d], k [Lk,G*d], v [Lk,G*dv] against Heads{H,G} and the options (`Compute` as above).
+template <class Compute = void, class Q, class K, class V>
 void check_multi_head(const char* fn, const Q& q, const K& k, const V& v, Heads heads, const Options& options) {
   if (heads.query < 1) fail(fn, "heads.query is ", heads.query, ", expected at least 1");
   if (heads.kv < 1) fail(fn, "heads.kv is ", heads.kv, ", expected at least 1");
@@ -53,7 +57,7 @@ void check_multi_head(const char* fn, const Q& q, const K& k, const V& v, Heads 
     fail(fn, "v has ", v.cols(), " columns, expected a multiple of kv heads (", heads.kv, ") (v ", shape_of(v), ")");
   if (v.rows() != k.rows())
     fail(fn, "v has ", v.rows(), " rows, expected k's ", k.rows(), " (k ", shape_of(k), ", v ", shape_of(v), ")");
-  check_options(fn, options);
+  check_options<compute_scalar<Compute, Q>>(fn, options);
 }
 
 template <class O>
