@@ -133,7 +133,7 @@ TYPED_TEST(Kernels, ScaledDotProductMatchesReferenceAroundTileSizes) {
 TYPED_TEST(Kernels, BlockedKernelWithSmallTiles) {
   using T = TypeParam;
   std::mt19937 rng(11);
-  const attend::detail::Tiles tiles{4, 8, 8, 8};
+  const attend::detail::Tiles tiles{4, 8, 8, 8, 3};
   for (Index lq : {1, 3, 4, 5, 14})
     for (Index lk : {1, 7, 8, 9, 26})
       for (const Mask& m : kMasks)
@@ -348,7 +348,7 @@ TYPED_TEST(Kernels, HiddenNonFiniteKeysNeverReachOutputs) {
   const Options o = with_mask(Mask::causal());
   const Matrix<T> out = attend::scaled_dot_product_attention(q, k, v, o);
   EXPECT_TRUE(out.topRows(8).allFinite());  // rows 0..7 cannot see keys 8 and 9
-  const attend::detail::Tiles small{4, 4, 4, 4};  // and when the hidden keys share a tile with visible ones
+  const attend::detail::Tiles small{4, 4, 4, 4, 2};  // and when the hidden keys share a tile with visible ones
   Matrix<T> tiled(10, 3);
   const attend::detail::ConstRowsRef<T> qr(q), kr(k), vr(v);
   attend::detail::grouped_attention<T>(qr, kr, vr, nullptr, Heads{1, 1}, o, tiled, nullptr, small);

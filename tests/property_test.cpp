@@ -183,6 +183,7 @@ KernelCase<T> random_kernel_case(Rng& r) {
     if (c.lq > 0 && r.chance(0.2)) c.bias.row(r.uniform(0, c.lq - 1)).setConstant(-std::numeric_limits<T>::infinity());
   }
   c.tiles = attend::detail::Tiles{r.uniform(1, 9), r.uniform(1, 17), r.uniform(1, 33)};
+  c.tiles.cut_keys = 1 + c.tiles.decode_chunk % c.tiles.keys;  // no new draw: the seeds keep their cases
   return c;
 }
 
@@ -424,6 +425,7 @@ KernelCase<T> random_threaded_case(Rng& r) {
   c.has_bias = r.chance(0.25);
   if (c.has_bias) c.bias = r.matrix<T>(c.lq, c.lk, 1.0);
   c.tiles = attend::detail::Tiles{r.uniform(8, 64), r.uniform(8, 64), r.uniform(64, 512)};
+  c.tiles.cut_keys = 1 + c.tiles.decode_chunk % c.tiles.keys;
   return c;
 }
 
