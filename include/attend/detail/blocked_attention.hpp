@@ -6,7 +6,8 @@
 /// costs two small matrix products, S = Q K^T and acc += P V, and the softmax is carried across key tiles as a
 /// running row maximum `m` and row sum `l` (the FlashAttention recurrence): when a new tile raises the maximum,
 /// the previous sum and accumulator are rescaled by exp(m_old - m_new). Memory beyond inputs and output is one
-/// tile of queries, scores and accumulators per thread, never the Lq x Lk score matrix.
+/// tile of queries, scores and accumulators per thread, and in prefill a contiguous copy of one kv group's keys
+/// and values per thread (see grouped_attention()), never the Lq x Lk score matrix.
 ///
 /// Masks are policies (attend::Mask) that give each query a contiguous key range. Key tiles outside the
 /// union of a query tile's ranges are never computed; the mask is applied element-wise only on tiles that cut
