@@ -133,7 +133,7 @@ TYPED_TEST(Kernels, ScaledDotProductMatchesReferenceAroundTileSizes) {
 TYPED_TEST(Kernels, BlockedKernelWithSmallTiles) {
   using T = TypeParam;
   std::mt19937 rng(11);
-  const attend::detail::Tiles tiles{4, 8, 8, 8, 3};
+  const attend::detail::Tiles tiles{4, 8, 8, 8, 3, 0};  // kv groups copied (copy_groups_above = 0)
   for (Index lq : {1, 3, 4, 5, 14})
     for (Index lk : {1, 7, 8, 9, 26})
       for (const Mask& m : kMasks)
@@ -161,6 +161,27 @@ TYPED_TEST(Kernels, BlockedKernelWithSmallTiles) {
               EXPECT_NEAR(lse(i, 0), std::log(sum), 10 * tolerance<T>());
           }
         }
+}
+
+// Contiguous copies of the kv groups hold the same values and feed the same products: bit for bit the result
+// of reading the column slices in place, for every mask and head grouping.
+TYPED_TEST(Kernels, CopiedKvGroupsGiveTheSameBits) {
+  using T = TypeParam;
+  std::mt19937 rng(17);
+  attend::detail::Tiles in_place{8, 8, 8, 8, 4}, copied = in_place;
+  in_place.copy_groups_above = std::numeric_limits<double>::infinity();
+  copied.copy_groups_above = 0;
+  for (const Mask& m : kMasks)
+    for (Heads h : {Heads{4, 4}, Heads{4, 2}, Heads{6, 3}}) {
+      const auto q = random_matrix<T>(37, h.query * 5, rng), k = random_matrix<T>(41, h.kv * 5, rng);
+      const auto v = random_matrix<T>(41, h.kv * 3, rng);
+      const attend::detail::ConstRowsRef<T> qr(q), kr(k), vr(v);
+      Matrix<T> a(37, h.query * 3), b(37, h.query * 3);
+      attend::detail::grouped_attention<T>(qr, kr, vr, nullptr, h, with_mask(m), a, nullptr, in_place);
+      attend::detail::grouped_attention<T>(qr, kr, vr, nullptr, h, with_mask(m), b, nullptr, copied);
+      ASSERT_EQ(a, b) << "mask=" << m << " heads " << h.query << "/" << h.kv;
+      ASSERT_LE(max_abs_diff(a, attend::reference::multi_head_attention(q, k, v, h, with_mask(m))), tolerance<T>());
+    }
 }
 
 TYPED_TEST(Kernels, AttentionWeightsMatchReferenceAndRowsSumToOneOrZero) {

@@ -116,7 +116,9 @@ Problem<T> decode(Reader& in, std::uint8_t flags, bool non_finite) {
   const std::uint8_t cap = in.byte();
   if (flags & 0x80) p.options.softcap = std::exp2((cap % 64) / 8.0 - 1);  // 0.5 .. 128
   p.tiles = attend::detail::Tiles{1 + in.byte() % 8, 1 + in.byte() % 16, 1 + in.byte() % 32};
-  p.tiles.cut_keys = 1 + p.tiles.decode_chunk % p.tiles.keys;  // from the bytes read, so the corpus keeps its meaning
+  // Derived from bytes already read, so the corpus keeps its meaning.
+  p.tiles.cut_keys = 1 + p.tiles.decode_chunk % p.tiles.keys;
+  if (p.tiles.queries % 2 == 1) p.tiles.copy_groups_above = 0;  // contiguous copies of the kv groups
   const double magnitude = std::exp2(in.signed_byte() / 8 / 2.0);  // 2^-8 .. 2^8 for q and k
   p.q.resize(p.lq, p.heads.query * p.d);
   p.k.resize(p.lk, p.heads.kv * p.d);

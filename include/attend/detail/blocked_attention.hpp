@@ -50,6 +50,9 @@ struct Tiles {
   Index decode_chunk = 4096;
   Index few_rows_keys = 64;
   Index cut_keys = 64;  ///< key tiles where the mask cuts through a query tile (see attend_tile())
+  /// Prefill copies each kv group's keys and values into contiguous storage when k and v together span more
+  /// than this many bytes (see grouped_attention(); 8 MiB measured on a machine with 2 MiB of L2 per core).
+  double copy_groups_above = 8 << 20;
 };
 
 /// Tiles with at most this many query rows use matrix-vector products instead of matrix products.
@@ -420,14 +423,18 @@ void grouped_attention(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const
   // scheduling takes the rest).
   //
   // Every query tile of a group reads the group's keys and values again. When they are a column slice of wider
-  // rows (several kv heads, rows of G*d values), each key tile is spread over as many pages as it has rows,
-  // and Eigen's packing of it runs ~10% slower overall than from contiguous rows (measured: MHA, 8 heads,
-  // L = 4096, d = 128, causal: 114 GFLOP/s strided, 129 from one contiguous head). So each thread copies the
-  // group it works on into contiguous [Lk, d] and [Lk, dv] matrices once; the group-major task order makes
-  // that about one copy per group per thread. Copies hold the same values, so results do not change.
+  // rows (several kv heads, rows of G*d values), each key tile is spread over as many pages as it has rows;
+  // once k and v no longer fit in cache, Eigen's packing of such tiles makes the whole call ~10% slower than
+  // from contiguous rows (measured: MHA, 8 heads, L = 4096, d = 128, causal: 114 GFLOP/s strided, 129 from one
+  // contiguous head). So each thread then copies the group it works on into contiguous [Lk, d] and [Lk, dv]
+  // matrices once; the group-major task order makes that about one copy per group per thread. Below
+  // tiles.copy_groups_above bytes of k and v, or with fewer than 4 query tiles per group to share a copy, copying
+  // measured as a loss (L <= 1024 at d = 128: 0-5% slower). Copies hold the same values: results do not change.
   const Index n_tiles = (lq + tile_positions - 1) / tile_positions, tasks = n_tiles * groups;
   const bool later_is_heavier = options.mask.hides_future();
-  const bool copy_groups = n_tiles > 1 && (k.outerStride() != d || v.outerStride() != pb.dv);
+  const double kv_bytes = double(k.rows() * k.outerStride() + v.rows() * v.outerStride()) * sizeof(T);
+  const bool copy_groups =
+      n_tiles >= 4 && kv_bytes > tiles.copy_groups_above && (k.outerStride() != d || v.outerStride() != pb.dv);
 #if defined(_OPENMP)
 #pragma omp parallel if (worth_threads(tasks, work))
 #endif
