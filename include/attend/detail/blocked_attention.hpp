@@ -363,9 +363,15 @@ void grouped_attention(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const
       }
   };
 
-  std::vector<GroupKeys<T>> slices;  // each group's keys and values as column slices of k and v
+  // Each group's keys and values as column slices of k and v. Without keys nothing is read from them, and a
+  // column block of an empty matrix would offset its null data pointer (undefined behaviour).
+  std::vector<GroupKeys<T>> slices;
   slices.reserve(groups);
-  for (Index g = 0; g < groups; ++g) slices.push_back({k.middleCols(g * d, d), v.middleCols(g * pb.dv, pb.dv)});
+  for (Index g = 0; g < groups; ++g)
+    if (lk == 0)
+      slices.push_back({k, v});
+    else
+      slices.push_back({k.middleCols(g * d, d), v.middleCols(g * pb.dv, pb.dv)});
 
   const Index chunk_keys = decode_chunk_keys(tiles, lk);
   const Index chunks = (lk + chunk_keys - 1) / chunk_keys;
