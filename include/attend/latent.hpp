@@ -10,7 +10,6 @@
 
 #include <cmath>
 #include <cstddef>
-#include <string>
 
 #include "attend/detail/blocked_attention.hpp"
 #include "attend/detail/checks.hpp"
@@ -262,7 +261,7 @@ struct MultiHeadLatentAttention {
   static void check_norm(const char* fn, const char* name, const RMSNorm<T>& norm, Index width) {
     if (norm.weight.size() != 0 && norm.weight.size() != width)
       detail::fail(fn, name, ".weight has ", norm.weight.size(), " entries, expected 0 (identity) or ", width);
-    if (norm.weight.size() != 0) norm.check_eps(fn, (std::string(name) + ".eps").c_str());
+    if (norm.weight.size() != 0) norm.check_eps(fn, name);
   }
 
   template <class Derived>

@@ -94,7 +94,7 @@ struct RMSNorm {
     if (weight.size() != 0 && weight.size() != x.cols())
       detail::fail("RMSNorm", "weight has ", weight.size(), " entries, expected 0 (identity) or ", x.cols(),
                    " for x ", detail::shape_of(x));
-    check_eps("RMSNorm", "eps");
+    check_eps("RMSNorm");
     Matrix<T> y = x;
     if (weight.size() == 0) return y;
     for (Index r = 0; r < y.rows(); ++r) {
@@ -106,9 +106,10 @@ struct RMSNorm {
     return y;
   }
 
-  /// Throws shape_error naming `fn` and `name` unless eps is finite and >= 0.
-  void check_eps(const char* fn, const char* name) const {
-    if (!(std::isfinite(eps) && eps >= 0)) detail::fail(fn, name, " is ", eps, ", expected a finite value >= 0");
+  /// Throws shape_error naming `fn` (and `owner`, the norm's name in a layer) unless eps is finite and >= 0.
+  void check_eps(const char* fn, const char* owner = "") const {
+    if (!(std::isfinite(eps) && eps >= 0))
+      detail::fail(fn, owner, *owner ? "." : "", "eps is ", eps, ", expected a finite value >= 0");
   }
 };
 

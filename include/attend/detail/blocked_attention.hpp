@@ -460,10 +460,8 @@ void grouped_attention(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const
         v_copy = slices[g].v;
         copied = g;
       }
-      if (copy_groups)
-        attend_tile(pb, GroupKeys<T>{k_copy, v_copy}, g, p0, p1, KeyRange{0, lk}, key_tile, tiles.cut_keys, ws);
-      else
-        attend_tile(pb, slices[g], g, p0, p1, KeyRange{0, lk}, key_tile, tiles.cut_keys, ws);
+      const GroupKeys<T> kv = copy_groups ? GroupKeys<T>{k_copy, v_copy} : slices[g];
+      attend_tile(pb, kv, g, p0, p1, KeyRange{0, lk}, key_tile, tiles.cut_keys, ws);
       scatter(g, p0, p1, ws.acc, ws.sum);
     }
   }
