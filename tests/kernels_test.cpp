@@ -26,8 +26,12 @@ Options with_mask(Mask m) {
   return o;
 }
 
-const Mask kMasks[] = {Mask::none(), Mask::causal(), Mask::causal_top_left(), Mask::sliding_window(1),
-                       Mask::sliding_window(5), Mask::sliding_window(300)};
+const Mask kMasks[] = {Mask::none(),
+                       Mask::causal(),
+                       Mask::causal_top_left(),
+                       Mask::sliding_window(1),
+                       Mask::sliding_window(5),
+                       Mask::sliding_window(300)};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Values a reader can check on paper.
@@ -133,52 +137,58 @@ TYPED_TEST(Kernels, ScaledDotProductMatchesReferenceAroundTileSizes) {
 TYPED_TEST(Kernels, BlockedKernelWithSmallTiles) {
   using T = TypeParam;
   std::mt19937 rng(11);
-  const attend::detail::Tiles tiles{4, 8, 8, 8, 3, 0};  // kv groups copied (copy_groups_above = 0)
-  for (Index lq : {1, 3, 4, 5, 14})
-    for (Index lk : {1, 7, 8, 9, 26})
-      for (const Mask& m : kMasks)
-        for (Heads h : {Heads{1, 1}, Heads{4, 2}, Heads{3, 1}}) {
-          const auto q = random_matrix<T>(lq, h.query * 5, rng), k = random_matrix<T>(lk, h.kv * 5, rng);
-          const auto v = random_matrix<T>(lk, h.kv * 3, rng);
-          Matrix<T> got(lq, h.query * 3);
-          Matrix<T> lse(lq, h.query);
-          const attend::detail::ConstRowsRef<T> qr(q), kr(k), vr(v);
-          attend::detail::grouped_attention<T>(qr, kr, vr, nullptr, h, with_mask(m), got, &lse, tiles);
-          const Matrix<double> want = attend::reference::multi_head_attention(q, k, v, h, with_mask(m));
-          ASSERT_LE(max_abs_diff(got, want), tolerance<T>())
-              << "lq=" << lq << " lk=" << lk << " mask=" << m << " heads " << h.query << "/" << h.kv;
-          // The log-sum-exp is that of the visible scaled scores: check it for head 0 against a direct sum.
-          for (Index i = 0; i < lq; ++i) {
-            const attend::KeyRange r = m.keys(i, lq, lk);
-            double sum = 0;
-            for (Index j = r.begin; j < r.end; ++j)
-              sum += std::exp(double(q.row(i).head(5).template cast<double>().dot(
-                                  k.row(j).head(5).template cast<double>())) /
-                              std::sqrt(5.0));
-            if (r.empty())
-              EXPECT_EQ(lse(i, 0), -std::numeric_limits<T>::infinity());
-            else
-              EXPECT_NEAR(lse(i, 0), std::log(sum), 10 * tolerance<T>());
+  attend::detail::Tiles tiles{4, 8, 8, 8, 3};
+  for (Index few_rows : {16, 0}) {  // matrix-vector products on unpacked rows; packed products on every tile
+    tiles.few_rows = few_rows;
+    for (Index lq : {1, 3, 4, 5, 14})
+      for (Index lk : {1, 7, 8, 9, 26})
+        for (const Mask& m : kMasks)
+          for (Heads h : {Heads{1, 1}, Heads{4, 2}, Heads{3, 1}}) {
+            const auto q = random_matrix<T>(lq, h.query * 5, rng), k = random_matrix<T>(lk, h.kv * 5, rng);
+            const auto v = random_matrix<T>(lk, h.kv * 3, rng);
+            Matrix<T> got(lq, h.query * 3);
+            Matrix<T> lse(lq, h.query);
+            const attend::detail::ConstRowsRef<T> qr(q), kr(k), vr(v);
+            attend::detail::grouped_attention<T>(qr, kr, vr, nullptr, h, with_mask(m), got, &lse, tiles);
+            const Matrix<double> want = attend::reference::multi_head_attention(q, k, v, h, with_mask(m));
+            ASSERT_LE(max_abs_diff(got, want), tolerance<T>())
+                << "lq=" << lq << " lk=" << lk << " mask=" << m << " heads " << h.query << "/" << h.kv
+                << " few_rows=" << few_rows;
+            // The log-sum-exp is that of the visible scaled scores: check it for head 0 against a direct sum.
+            for (Index i = 0; i < lq; ++i) {
+              const attend::KeyRange r = m.keys(i, lq, lk);
+              double sum = 0;
+              for (Index j = r.begin; j < r.end; ++j)
+                sum += std::exp(
+                    double(q.row(i).head(5).template cast<double>().dot(k.row(j).head(5).template cast<double>())) /
+                    std::sqrt(5.0));
+              if (r.empty())
+                EXPECT_EQ(lse(i, 0), -std::numeric_limits<T>::infinity());
+              else
+                EXPECT_NEAR(lse(i, 0), std::log(sum), 10 * tolerance<T>())
+                    << "row " << i << ", lq=" << lq << " lk=" << lk << " mask=" << m << " heads " << h.query << "/"
+                    << h.kv << " few_rows=" << few_rows;
+            }
           }
-        }
+  }
 }
 
-// Contiguous copies of the kv groups hold the same values and feed the same products: bit for bit the result
-// of reading the column slices in place, for every mask and head grouping.
-TYPED_TEST(Kernels, CopiedKvGroupsGiveTheSameBits) {
+// Packing each kv group whole once, or each key tile when it is used, feeds the same values to the same products
+// on the same tiles: bit for bit the same result, for every mask and head grouping (packed products on every tile).
+TYPED_TEST(Kernels, PackedGroupsGiveTheSameBitsAsPackedTiles) {
   using T = TypeParam;
   std::mt19937 rng(17);
-  attend::detail::Tiles in_place{8, 8, 8, 8, 4}, copied = in_place;
-  in_place.copy_groups_above = std::numeric_limits<double>::infinity();
-  copied.copy_groups_above = 0;
+  attend::detail::Tiles groups{8, 8, 8, 8, 4}, per_tile = groups;
+  groups.few_rows = per_tile.few_rows = 0;
+  per_tile.pack_groups = false;
   for (const Mask& m : kMasks)
     for (Heads h : {Heads{4, 4}, Heads{4, 2}, Heads{6, 3}}) {
       const auto q = random_matrix<T>(37, h.query * 5, rng), k = random_matrix<T>(41, h.kv * 5, rng);
       const auto v = random_matrix<T>(41, h.kv * 3, rng);
       const attend::detail::ConstRowsRef<T> qr(q), kr(k), vr(v);
       Matrix<T> a(37, h.query * 3), b(37, h.query * 3);
-      attend::detail::grouped_attention<T>(qr, kr, vr, nullptr, h, with_mask(m), a, nullptr, in_place);
-      attend::detail::grouped_attention<T>(qr, kr, vr, nullptr, h, with_mask(m), b, nullptr, copied);
+      attend::detail::grouped_attention<T>(qr, kr, vr, nullptr, h, with_mask(m), a, nullptr, groups);
+      attend::detail::grouped_attention<T>(qr, kr, vr, nullptr, h, with_mask(m), b, nullptr, per_tile);
       ASSERT_EQ(a, b) << "mask=" << m << " heads " << h.query << "/" << h.kv;
       ASSERT_LE(max_abs_diff(a, attend::reference::multi_head_attention(q, k, v, h, with_mask(m))), tolerance<T>());
     }
@@ -233,8 +243,7 @@ TYPED_TEST(Kernels, MultiHeadMatchesReferenceForEveryGrouping) {
         const auto v = random_matrix<T>(lk, h.kv * dv, rng);
         const Matrix<T> got = attend::multi_head_attention(q, k, v, h, with_mask(m));
         ASSERT_EQ(got.cols(), h.query * dv);
-        ASSERT_LE(max_abs_diff(got, attend::reference::multi_head_attention(q, k, v, h, with_mask(m))),
-                  tolerance<T>())
+        ASSERT_LE(max_abs_diff(got, attend::reference::multi_head_attention(q, k, v, h, with_mask(m))), tolerance<T>())
             << "heads " << h.query << "/" << h.kv << " lq=" << lq << " lk=" << lk << " mask=" << m;
       }
 }
@@ -368,7 +377,7 @@ TYPED_TEST(Kernels, HiddenNonFiniteKeysNeverReachOutputs) {
   v(8, 2) = std::numeric_limits<T>::infinity();
   const Options o = with_mask(Mask::causal());
   const Matrix<T> out = attend::scaled_dot_product_attention(q, k, v, o);
-  EXPECT_TRUE(out.topRows(8).allFinite());  // rows 0..7 cannot see keys 8 and 9
+  EXPECT_TRUE(out.topRows(8).allFinite());           // rows 0..7 cannot see keys 8 and 9
   const attend::detail::Tiles small{4, 4, 4, 4, 2};  // and when the hidden keys share a tile with visible ones
   Matrix<T> tiled(10, 3);
   const attend::detail::ConstRowsRef<T> qr(q), kr(k), vr(v);

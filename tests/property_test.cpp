@@ -184,7 +184,8 @@ KernelCase<T> random_kernel_case(Rng& r) {
   }
   c.tiles = attend::detail::Tiles{r.uniform(1, 9), r.uniform(1, 17), r.uniform(1, 33)};
   c.tiles.cut_keys = 1 + c.tiles.decode_chunk % c.tiles.keys;  // no new draw: the seeds keep their cases
-  if (c.tiles.queries % 2 == 1) c.tiles.copy_groups_above = 0;  // contiguous copies of the kv groups
+  if (c.tiles.queries % 2 == 1) c.tiles.few_rows = 0;          // packed products on every tile
+  if (c.tiles.keys % 3 == 0) c.tiles.pack_groups = false;      // key tiles packed one by one
   return c;
 }
 
@@ -427,7 +428,8 @@ KernelCase<T> random_threaded_case(Rng& r) {
   if (c.has_bias) c.bias = r.matrix<T>(c.lq, c.lk, 1.0);
   c.tiles = attend::detail::Tiles{r.uniform(8, 64), r.uniform(8, 64), r.uniform(64, 512)};
   c.tiles.cut_keys = 1 + c.tiles.decode_chunk % c.tiles.keys;
-  if (c.tiles.queries % 2 == 1) c.tiles.copy_groups_above = 0;
+  if (c.tiles.queries % 2 == 1) c.tiles.few_rows = 0;
+  if (c.tiles.keys % 3 == 0) c.tiles.pack_groups = false;
   return c;
 }
 

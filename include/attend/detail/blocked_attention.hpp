@@ -6,8 +6,12 @@
 /// costs two small matrix products, S = Q K^T and acc += P V, and the softmax is carried across key tiles as a
 /// running row maximum `m` and row sum `l` (the FlashAttention recurrence): when a new tile raises the maximum,
 /// the previous sum and accumulator are rescaled by exp(m_old - m_new). Memory beyond inputs and output is one
-/// tile of queries, scores and accumulators per thread, and in prefill a contiguous copy of one kv group's keys
-/// and values per thread (see grouped_attention()), never the Lq x Lk score matrix.
+/// tile of queries, scores and accumulators per thread, and in prefill one kv group's keys and values packed per
+/// thread (see grouped_attention()), never the Lq x Lk score matrix.
+///
+/// The products run on operands packed once (detail::PackedGemm): each kv group's keys and values once per thread,
+/// each query tile once, and the scores are computed straight into the packed layout that P V reads. Tiles of a
+/// handful of rows (decoding) use matrix-vector products on the unpacked rows instead.
 ///
 /// Masks are policies (attend::Mask) that give each query a contiguous key range. Key tiles outside the
 /// union of a query tile's ranges are never computed; the mask is applied element-wise only on tiles that cut
@@ -26,8 +30,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
+#include <utility>
 #include <vector>
 
+#include "attend/detail/packed_gemm.hpp"
 #include "attend/masks.hpp"
 #include "attend/shapes.hpp"
 
@@ -40,7 +47,7 @@ namespace attend::detail {
 /// Tile sizes. Measured on the 2-core AVX-512 development machine (fp32, one thread; bench/ holds the benchmarks):
 /// - prefill (L = 4096, d = 64 and 128): 256 x 256 tiles keep both products near Eigen's GEMM speed while the
 ///   scores (256 KiB in float) stay in L2; 64-row tiles lose ~25%.
-/// - tiles of at most kFewRows query rows (decoding): 64-key tiles keep the K tile in L1 while each query row
+/// - tiles of at most `few_rows` query rows (decoding): 64-key tiles keep the K tile in L1 while each query row
 ///   reads it (GQA 32/8, d = 128, 16k cache: 11.8 GB/s of KV at 64 keys, 8.9 at 256, 5.8 at 512).
 /// - decode chunks of 4096 keys: a 16k cache gives 4 chunks to spread over threads, each long enough to stream
 ///   at memory speed (1024-key chunks measured 0-15% slower).
@@ -50,13 +57,14 @@ struct Tiles {
   Index decode_chunk = 4096;
   Index few_rows_keys = 64;
   Index cut_keys = 64;  ///< key tiles where the mask cuts through a query tile (see attend_tile())
-  /// Prefill copies each kv group's keys and values into contiguous storage when k and v together span more
-  /// than this many bytes (see grouped_attention(); 8 MiB measured on a machine with 2 MiB of L2 per core).
-  double copy_groups_above = 8 << 20;
+  /// Prefill packs each kv group's keys and values once per thread (Lk * (d + dv) numbers each); false packs
+  /// each key tile for each query tile instead, which needs only O(tile) memory but repeats the packing.
+  bool pack_groups = true;
+  /// Tiles of at most this many query rows use matrix-vector products on unpacked keys and values: packing
+  /// costs more than it saves when each key is used by a handful of rows (measured 10.8 vs 8.2 GB/s of KV at 4
+  /// rows, d = 128).
+  Index few_rows = 16;
 };
-
-/// Tiles with at most this many query rows use matrix-vector products instead of matrix products.
-inline constexpr Index kFewRows = 16;
 
 /// One grouped-query attention problem: q [Lq, H*d], k [Lk, G*d], v [Lk, G*dv], optional bias [Lq, Lk] shared by
 /// all heads.
@@ -75,17 +83,71 @@ struct Problem {
   Index stack;  ///< query heads per kv head
 };
 
-/// Scratch space of one thread for one query tile; sized once, reused for every tile.
+/// Scratch space of one thread for one query tile; sized once, reused for every tile. `packed` selects the
+/// buffers of the packed-product path (tiles of more than Tiles::few_rows rows) over those of the few-rows path.
 template <class T>
 struct Workspace {
-  Matrix<T> q;       ///< [tile rows, d]: the tile's stacked, scaled queries
-  Matrix<T> scores;  ///< [tile rows, tile keys]: S, then P in place
-  Matrix<T> acc;     ///< [tile rows, dv]: unnormalized, then normalized output
-  Vector<T> max;     ///< running row maximum m
-  Vector<T> sum;     ///< running row sum l, then the log-sum-exp
+  using ColMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+  Matrix<T> q;         ///< [tile rows, d]: the tile's stacked, scaled queries
+  Matrix<T> scores;    ///< [tile rows, tile keys]: S, then P in place (few rows)
+  Matrix<T> acc;       ///< [tile rows, dv]: the output rows (few rows: accumulated here)
+  Vector<T> max;       ///< running row maximum m
+  Vector<T> sum;       ///< running row sum l, then the log-sum-exp
+  Vector<T> q_packed;  ///< the tile's queries packed as a left operand
+  Vector<T> q_part;    ///< some of the tile's rows packed, for key tiles that the other rows do not see
+  Vector<T> panels;    ///< [tile rows x tile keys] S, then P, in the packed left layout (PackedGemm)
+  ColMajor acc_cols;   ///< [tile rows+, dv]: the unnormalized output, column-major as the packed product writes it
+  Vector<T> k_tile, v_tile;  ///< one key tile's keys and values packed, when groups are not packed whole (lazily)
+  std::vector<Index> visible_lo, visible_hi;  ///< per tile row: the keys of a cut tile it sees
+  Index panel_keys;  ///< the most keys a packed tile holds: tile keys rounded up to whole panels
 
-  Workspace(Index rows, Index keys, Index d, Index dv)
-      : q(rows, d), scores(rows, keys), acc(rows, dv), max(rows), sum(rows) {}
+  /// A column length for `rows` that is an odd number of cache lines. Row-wise passes over a column-major
+  /// matrix step by one column; with columns of 256 floats (1 KiB) every step lands in the same few L1 sets and
+  /// each read misses (measured: the transposing copy in TileRun::finish() took 6% of a 512-token prefill).
+  static Index padded_column(Index rows) {
+    constexpr Index line = 64 / sizeof(T);
+    const Index lines = (rows + line - 1) / line;
+    return (lines % 2 == 1 ? lines : lines + 1) * line;
+  }
+
+  Workspace(Index rows, Index keys, Index d, Index dv, bool packed)
+      : Workspace(rows, keys, (keys + PackedGemm<T>::nr - 1) / PackedGemm<T>::nr * PackedGemm<T>::nr, d, dv, packed) {}
+
+ private:
+  // Packed key tiles are whole panels: up to `keys` rounded up to a multiple of PackedGemm<T>::nr.
+  Workspace(Index rows, Index keys, Index panel_keys, Index d, Index dv, bool packed)
+      : q(rows, d),
+        scores(rows, keys),
+        acc(rows, dv),
+        max(rows),
+        sum(rows),
+        q_packed(packed ? rows * d : 0),
+        q_part(packed ? rows * d : 0),
+        panels(packed ? rows * panel_keys : 0),
+        acc_cols(packed ? padded_column(rows) : 0, packed ? dv : 0),
+        visible_lo(packed ? rows : 0),
+        visible_hi(packed ? rows : 0),
+        panel_keys(panel_keys) {}
+};
+
+/// One kv group's keys and values packed as right operands (PackedGemm): keys as K^T [d x Lk], values as
+/// V [Lk x dv]. Reused by every query tile of the group that runs on this thread.
+template <class T>
+struct PackedKeys {
+  Vector<T> k, v;
+  Index keys = 0;
+  Index group = -1;  ///< the kv group held, -1 for none
+
+  void pack(const ConstRowsRef<T>& k_rows, const ConstRowsRef<T>& v_rows, Index g) {
+    keys = k_rows.rows();
+    k.resize(keys * k_rows.cols());
+    v.resize(keys * v_rows.cols());
+    if (keys > 0) {
+      PackedGemm<T>::pack_rhs_transposed(k.data(), k_rows.data(), k_rows.outerStride(), keys, k_rows.cols());
+      PackedGemm<T>::pack_rhs_rows(v.data(), v_rows.data(), v_rows.outerStride(), keys, v_rows.cols());
+    }
+    group = g;
+  }
 };
 
 /// Whether every entry is finite, row by row with vectorized sums (x * 0 is 0 for finite x, NaN otherwise):
@@ -109,11 +171,16 @@ struct GroupKeys {
 /// The online softmax of one query tile (positions [p0, p1) of kv group g, all the group's query heads): the
 /// constructor, then absorb() key tiles in increasing order, then finish(). The steps are separate so the decode
 /// path can walk one key tile through every group before the next, reading whole key rows while they are hot.
+///
+/// `packed`, when given, holds the group's keys and values packed whole; key tiles must then start on a panel
+/// boundary (a multiple of PackedGemm<T>::nr) and hold whole panels unless they end the keys. Without it, tiles
+/// of many rows pack each key tile as they absorb it.
 template <class T>
 class TileRun {
  public:
-  TileRun(const Problem<T>& pb, const GroupKeys<T>& kv, Index g, Index p0, Index p1, Workspace<T>& ws)
-      : pb_(pb), kv_(kv), ws_(ws), p0_(p0), rows_((p1 - p0) * pb.stack) {
+  TileRun(const Problem<T>& pb, const GroupKeys<T>& kv, const PackedKeys<T>* packed, Index g, Index p0, Index p1,
+          Workspace<T>& ws, Index few_rows)
+      : pb_(pb), kv_(kv), packed_(packed), ws_(ws), p0_(p0), rows_((p1 - p0) * pb.stack), panels_(rows_ > few_rows) {
     const Index stack = pb.stack;
     auto q = ws.q.topRows(rows_);
     for (Index p = p0; p < p1; ++p)
@@ -126,19 +193,25 @@ class TileRun {
     seen_by_all_ = KeyRange{last.begin, first.end};  // keys visible to every row of the tile
     ws.max.head(rows_).setConstant(-std::numeric_limits<T>::infinity());
     ws.sum.head(rows_).setZero();
-    ws.acc.topRows(rows_).setZero();
+    if (panels_) {
+      ws.acc_cols.topRows(rows_).setZero();
+      PackedGemm<T>::pack_lhs_rows(ws.q_packed.data(), ws.q.data(), ws.q.outerStride(), rows_, pb.d);
+    } else {
+      ws.acc.topRows(rows_).setZero();
+    }
   }
 
   /// Keys some row of the tile may see.
   KeyRange keys() const { return keys_; }
   /// Keys every row of the tile sees (may be empty: begin >= end).
   KeyRange seen_by_all() const { return seen_by_all_; }
+  /// Whether key tiles go through packed products (and must respect the panel boundaries of `packed`).
+  bool packed_products() const { return panels_; }
 
   /// Folds keys [kt, kt + tk) (within keys()) into the running softmax. A value row whose key is hidden from a
   /// query (by the mask or a -inf bias) is never multiplied into that query's output, so infinities or NaN
   /// stored there cannot leak through 0 * inf.
   void absorb(Index kt, Index tk) {
-    constexpr T neg_inf = -std::numeric_limits<T>::infinity();
     const Problem<T>& pb = pb_;
     const Index stack = pb.stack;
     // Only tiles that cut through some row's key range need per-row limits; elsewhere every row sees the
@@ -155,6 +228,50 @@ class TileRun {
       r1 = (p_hi - p0_) * stack;
       if (r0 == r1) return;
     }
+    if (panels_)
+      absorb_packed(kt, tk, cut_by_mask, r0, r1);
+    else
+      absorb_rows(kt, tk, cut_by_mask, r0, r1);
+  }
+
+  /// Leaves in ws.acc the normalized rows (position-major stack) and in ws.sum each row's log-sum-exp of its
+  /// visible scaled scores (-inf, with a zero row, when it saw no key).
+  void finish() {
+    auto l = ws_.sum.head(rows_);
+    if (panels_) {
+      // Normalize column by column where the product left the rows (vectorized), then transpose once.
+      const Vector<T> divisor = (l.array() == T(0)).select(T(1), l.array());
+      for (Index c = 0; c < pb_.dv; ++c) ws_.acc_cols.col(c).head(rows_).array() /= divisor.array();
+      PackedGemm<T>::transpose(ws_.acc.data(), ws_.acc.outerStride(), ws_.acc_cols.data(), ws_.acc_cols.outerStride(),
+                               rows_, pb_.dv);
+      for (Index r = 0; r < rows_; ++r)
+        l[r] = l[r] == T(0) ? -std::numeric_limits<T>::infinity() : ws_.max[r] + std::log(l[r]);
+      return;
+    }
+    for (Index r = 0; r < rows_; ++r) {
+      if (l[r] == T(0)) {
+        ws_.acc.row(r).setZero();
+        l[r] = -std::numeric_limits<T>::infinity();
+      } else {
+        ws_.acc.row(r) /= l[r];
+        l[r] = ws_.max[r] + std::log(l[r]);
+      }
+    }
+  }
+
+ private:
+  /// Keys [lo, hi) of the tile that tile row r sees (all of them unless the mask cuts the tile).
+  std::pair<Index, Index> visible(Index r, Index kt, Index tk, bool cut_by_mask) const {
+    if (!cut_by_mask) return {0, tk};
+    const KeyRange vis = pb_.mask.keys(p0_ + r / pb_.stack, pb_.positions, pb_.keys);
+    const Index lo = std::clamp<Index>(vis.begin - kt, 0, tk);
+    return {lo, std::clamp<Index>(vis.end - kt, lo, tk)};
+  }
+
+  /// A handful of rows: matrix-vector products straight from the key and value rows, softmax row by row.
+  void absorb_rows(Index kt, Index tk, bool cut_by_mask, Index r0, Index r1) {
+    constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+    const Problem<T>& pb = pb_;
     const Index rows = r1 - r0;
     const auto q = ws_.q.middleRows(r0, rows);
     auto m = ws_.max.segment(r0, rows);
@@ -164,29 +281,17 @@ class TileRun {
     const auto k_tile = kv_.k.middleRows(kt, tk);
     const auto v_tile = kv_.v.middleRows(kt, tk);
 
-    // A handful of rows (decoding) makes GEMM pack whole K and V tiles for little arithmetic; matrix-vector
-    // products stream them once instead (measured 10.8 vs 8.2 GB/s of KV at 4 rows, d = 128).
-    const bool few_rows = rows <= kFewRows;
-    if (few_rows)
-      for (Index r = 0; r < rows; ++r) s.row(r).transpose().noalias() = k_tile * q.row(r).transpose();
-    else
-      s.noalias() = q * k_tile.transpose();
-
+    for (Index r = 0; r < rows; ++r) s.row(r).transpose().noalias() = k_tile * q.row(r).transpose();
     if (pb.softcap > 0) s = ((s.array() * (T(1) / pb.softcap)).tanh() * pb.softcap).matrix();
     if (pb.bias)
-      for (Index r = 0; r < rows; ++r) s.row(r) += pb.bias->row(p0_ + (r0 + r) / stack).segment(kt, tk);
+      for (Index r = 0; r < rows; ++r) s.row(r) += pb.bias->row(p0_ + (r0 + r) / pb.stack).segment(kt, tk);
 
     // Hidden entries are set to 0 directly, never exponentiated: Eigen's vectorized exp clamps its argument,
     // so exp(-inf) is ~1e-38 in float, not 0.
     for (Index r = 0; r < rows; ++r) {
-      Index lo = 0, hi = tk;
-      if (cut_by_mask) {
-        const KeyRange vis = pb.mask.keys(p0_ + (r0 + r) / stack, pb.positions, pb.keys);
-        lo = std::clamp<Index>(vis.begin - kt, 0, tk);
-        hi = std::clamp<Index>(vis.end - kt, lo, tk);
-        s.row(r).head(lo).setZero();
-        s.row(r).tail(tk - hi).setZero();
-      }
+      const auto [lo, hi] = visible(r0 + r, kt, tk, cut_by_mask);
+      s.row(r).head(lo).setZero();
+      s.row(r).tail(tk - hi).setZero();
       if (lo == hi) continue;  // nothing visible here: m, l and acc stay as they are
       auto seen = s.row(r).segment(lo, hi - lo).array();
       const T m_new = std::max(m[r], seen.maxCoeff());
@@ -212,52 +317,200 @@ class TileRun {
       for (Index r = 0; r < rows; ++r)
         for (Index j = 0; j < tk; ++j)
           if (s(r, j) != T(0)) acc.row(r) += s(r, j) * v_tile.row(j);
-    } else if (few_rows) {
-      for (Index r = 0; r < rows; ++r) acc.row(r).noalias() += s.row(r) * v_tile;
     } else {
-      acc.noalias() += s * v_tile;
+      for (Index r = 0; r < rows; ++r) acc.row(r).noalias() += s.row(r) * v_tile;
     }
   }
 
-  /// Leaves in ws.acc the normalized rows (position-major stack) and in ws.sum each row's log-sum-exp of its
-  /// visible scaled scores (-inf, with a zero row, when it saw no key).
-  void finish() {
-    auto l = ws_.sum.head(rows_);
-    for (Index r = 0; r < rows_; ++r) {
-      if (l[r] == T(0)) {
-        ws_.acc.row(r).setZero();
-        l[r] = -std::numeric_limits<T>::infinity();
-      } else {
-        ws_.acc.row(r) /= l[r];
-        l[r] = ws_.max[r] + std::log(l[r]);
+  /// Many rows: S = Q K^T on packed operands, written panel by panel in the packed left layout, the softmax on
+  /// each panel a column (one key, a panel's rows) at a time, then acc += P V reading P where it lies.
+  void absorb_packed(Index kt, Index tk, bool cut_by_mask, Index r0, Index r1) {
+    using Gemm = PackedGemm<T>;
+    const Problem<T>& pb = pb_;
+    const Index d = pb.d, dv = pb.dv;
+
+    // Rows that see none of the tile are left out. When they are only a prefix, the packed queries serve from
+    // the panel that holds row r0 on (whole panels of mr rows come first, so rows from a multiple of mr on are
+    // packed exactly as they would be alone); otherwise the rows that remain are packed afresh.
+    const T* q = ws_.q_packed.data();
+    if (r1 == rows_) {
+      r0 = r0 / Gemm::mr * Gemm::mr;
+      q += r0 * d;
+    } else {
+      Gemm::pack_lhs_rows(ws_.q_part.data(), ws_.q.row(r0).data(), ws_.q.outerStride(), r1 - r0, d);
+      q = ws_.q_part.data();
+    }
+    const Index rows = r1 - r0;
+    const T *k, *v;
+    Index v_stride, v_offset;
+    if (packed_) {
+      k = packed_->k.data() + kt * d;
+      v = packed_->v.data();
+      v_stride = packed_->keys;
+      v_offset = kt;
+    } else {
+      if (ws_.k_tile.size() < tk * d) ws_.k_tile.resize(ws_.panel_keys * d);  // sized for the largest tile
+      if (ws_.v_tile.size() < tk * dv) ws_.v_tile.resize(ws_.panel_keys * dv);
+      Gemm::pack_rhs_transposed(ws_.k_tile.data(), kv_.k.row(kt).data(), kv_.k.outerStride(), tk, d);
+      Gemm::pack_rhs_rows(ws_.v_tile.data(), kv_.v.row(kt).data(), kv_.v.outerStride(), tk, dv);
+      k = ws_.k_tile.data();
+      v = ws_.v_tile.data();
+      v_stride = tk;
+      v_offset = 0;
+    }
+
+    // S: panel (i, h) is the column-major h x tk block at s + i * tk, exactly where packing P would put it.
+    T* const s = ws_.panels.data();
+    Gemm::for_each_panel(rows, [&](Index i, Index h) {
+      std::fill_n(s + i * tk, h * tk, T(0));
+      Gemm::multiply_add(s + i * tk, h, q + i * d, k, h, d, tk);
+    });
+    if (pb.softcap > 0) {
+      auto all = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(s, rows * tk);
+      all = (all * (T(1) / pb.softcap)).tanh() * pb.softcap;
+    }
+    // The bias goes in entry by entry, row by row (strided in this layout, but only when there is one).
+    if (pb.bias)
+      Gemm::for_each_panel(rows, [&](Index i, Index h) {
+        for (Index r = 0; r < h; ++r) {
+          const T* b = pb.bias->row(p0_ + (r0 + i + r) / pb.stack).data() + kt;
+          for (Index j = 0; j < tk; ++j) s[i * tk + j * h + r] += b[j];
+        }
+      });
+    // Where the mask cuts the tile, row r sees keys [lo[r], hi[r]) of it; both bounds grow with r.
+    Index* lo = nullptr;
+    Index* hi = nullptr;
+    if (cut_by_mask) {
+      lo = ws_.visible_lo.data();
+      hi = ws_.visible_hi.data();
+      for (Index r = 0; r < rows; ++r) std::tie(lo[r], hi[r]) = visible(r0 + r, kt, tk, true);
+    }
+    Gemm::for_each_panel(rows, [&](Index i, Index h) {
+      softmax_panel(s + i * tk, h, tk, r0 + i, lo ? lo + i : nullptr, lo ? hi + i : nullptr);
+    });
+
+    // Zero weights times non-finite values would poison the row (0 * inf = NaN). Only tiles where some keys are
+    // hidden from some rows can have such a pair, and checking them costs one pass over a V tile.
+    const auto v_rows = kv_.v.middleRows(kt, tk);
+    if ((cut_by_mask || pb.bias) && !all_finite(v_rows)) {
+      Gemm::for_each_panel(rows, [&](Index i, Index h) {
+        for (Index r = 0; r < h; ++r)
+          for (Index j = 0; j < tk; ++j) {
+            const T w = s[i * tk + j * h + r];
+            if (w != T(0)) ws_.acc_cols.row(r0 + i + r) += w * v_rows.row(j);
+          }
+      });
+    } else {
+      Gemm::multiply_add(ws_.acc_cols.data() + r0, ws_.acc_cols.rows(), s, v, rows, tk, dv, v_stride, v_offset);
+    }
+  }
+
+  /// The online-softmax step on one panel: tile rows [row, row + h), scores at s (column-major h x tk), vectorized
+  /// across the panel's rows, so there is no per-row reduction. With `lo` and `hi` (the mask cuts the tile), row
+  /// r sees keys [lo[r], hi[r]): as both grow with r, the rows that see key j are one run [a, b) of the column,
+  /// and only that run is read; the rest of the column is set to 0 (Eigen's vectorized exp would turn -inf
+  /// into ~1e-38, not 0). A -inf bias is mapped to 0 entry by entry (Eigen 3.4 evaluates select() one scalar at
+  /// a time, so only then). Rows whose maximum did not move get alpha = exp(0) = 1 exactly; rows still at -inf
+  /// shift by 0 (see absorb_rows()).
+  void softmax_panel(T* s, Index h, Index tk, Index row, const Index* lo, const Index* hi) {
+    // Panel columns live on the stack (at most mr rows). A fixed size of mr would be unrolled whole, and GCC 12
+    // then reports a false -Wuninitialized inside Eigen's AVX-512 exp.
+    using Col = Eigen::Array<T, Eigen::Dynamic, 1, Eigen::ColMajor, PackedGemm<T>::mr, 1>;
+    constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+    Eigen::Map<Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic>> p(s, h, tk);
+    auto m = ws_.max.segment(row, h).array();
+    auto l = ws_.sum.segment(row, h).array();
+    // Rows [a, b) of the panel see key j: a is the first row whose range ends after j, b the first starting after.
+    Index a = 0, b = 0;
+    const auto seen_by = [&](Index j) {
+      if (!lo) return std::pair<Index, Index>{0, h};
+      while (a < h && hi[a] <= j) ++a;
+      b = std::max(a, b);
+      while (b < h && lo[b] <= j) ++b;
+      return std::pair<Index, Index>{a, b};
+    };
+    // Where every row sees every key, kBatch adjacent columns (contiguous) go through one vectorized expression
+    // with the row vector repeated, which quarters the per-column loop overhead (measured: softmax 15% faster).
+    constexpr Index kBatch = 4;
+    using Batch = Eigen::Array<T, Eigen::Dynamic, 1, Eigen::ColMajor, kBatch * PackedGemm<T>::mr, 1>;
+    Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> flat(s, h * tk);
+    const Index batched = lo ? 0 : tk / kBatch * kBatch;
+    Col m_new = m;
+    if (batched > 0) {
+      Batch wide = flat.head(kBatch * h);
+      for (Index j = kBatch; j < batched; j += kBatch) wide = wide.max(flat.segment(j * h, kBatch * h));
+      for (Index c = 0; c < kBatch; ++c) m_new = m_new.max(wide.segment(c * h, h));
+    }
+    for (Index j = batched; j < tk; ++j) {
+      const auto [ra, rb] = seen_by(j);
+      m_new.segment(ra, rb - ra) = m_new.segment(ra, rb - ra).max(p.col(j).segment(ra, rb - ra));
+    }
+    const Col shift = (m_new == neg_inf).select(Col::Zero(h), m_new);
+    const Col alpha = (m - shift).exp();  // 0 * (~1e-38) when the row has seen nothing yet: l and acc are 0
+    Col total = Col::Zero(h);
+    const Index batched_exp = pb_.bias ? 0 : batched;
+    if (batched_exp > 0) {
+      Batch shifts(kBatch * h), sums = Batch::Zero(kBatch * h);
+      for (Index c = 0; c < kBatch; ++c) shifts.segment(c * h, h) = shift;
+      for (Index j = 0; j < batched_exp; j += kBatch) {
+        auto cols = flat.segment(j * h, kBatch * h);
+        cols = (cols - shifts).exp();
+        sums += cols;
       }
+      for (Index c = 0; c < kBatch; ++c) total += sums.segment(c * h, h);
     }
+    a = b = 0;
+    for (Index j = batched_exp; j < tk; ++j) {
+      const auto [ra, rb] = seen_by(j);
+      auto c = p.col(j);
+      c.head(ra).setZero();
+      c.tail(h - rb).setZero();
+      auto seen = c.segment(ra, rb - ra);
+      if (pb_.bias)
+        seen = (seen == neg_inf).select(T(0), (seen - shift.segment(ra, rb - ra)).exp());
+      else
+        seen = (seen - shift.segment(ra, rb - ra)).exp();
+      total.segment(ra, rb - ra) += seen;
+    }
+    l = l * alpha + total;
+    m = m_new;
+    for (Index c = 0; c < pb_.dv; ++c) ws_.acc_cols.col(c).segment(row, h).array() *= alpha;
   }
 
- private:
   const Problem<T>& pb_;
   const GroupKeys<T>& kv_;
+  const PackedKeys<T>* packed_;
   Workspace<T>& ws_;
   Index p0_, rows_;
+  bool panels_;
   KeyRange keys_, seen_by_all_;
 };
 
-/// Attends positions [p0, p1) of kv group g to the keys in `chunk` (intersected with what the mask lets each row
-/// see) in key tiles of `tile_keys`; see TileRun::finish() for where the result is left.
+/// Attends positions [p0, p1) of kv group g to all keys the mask lets each row see, in key tiles of `tile_keys`;
+/// see TileRun::finish() for where the result is left.
 ///
 /// Where the mask cuts through the tile (a causal diagonal, a window's edges) keys go in narrower tiles of
 /// `cut_keys`, so that absorb() can leave out the rows that see none of them: a 256 x 256 causal diagonal
-/// then costs the products of 5/8 of it in 64-key tiles instead of all of it.
+/// then costs the products of 5/8 of it in 64-key tiles instead of all of it. With packed products, tile
+/// boundaries fall on panel boundaries (multiples of PackedGemm<T>::nr keys).
 template <class T>
-void attend_tile(const Problem<T>& pb, const GroupKeys<T>& kv, Index g, Index p0, Index p1, KeyRange chunk,
-                 Index tile_keys, Index cut_keys, Workspace<T>& ws) {
-  TileRun<T> run(pb, kv, g, p0, p1, ws);
-  const Index k_end = std::min(run.keys().end, chunk.end);
+void attend_tile(const Problem<T>& pb, const GroupKeys<T>& kv, const PackedKeys<T>* packed, Index g, Index p0, Index p1,
+                 const Tiles& tiles, Index tile_keys, Workspace<T>& ws) {
+  TileRun<T> run(pb, kv, packed, g, p0, p1, ws, tiles.few_rows);
+  // Packed products put tile boundaries on panels whether or not the group is packed whole, so packing whole
+  // groups or single tiles gives the same tiles and the same bits.
+  const Index align = run.packed_products() ? PackedGemm<T>::nr : 1;
+  const auto round_up = [align](Index n) { return (n + align - 1) / align * align; };
+  const Index full_keys = round_up(tile_keys), cut_keys = round_up(tiles.cut_keys);
+  const Index k_end = std::min(pb.keys, round_up(run.keys().end));
   const KeyRange all = run.seen_by_all();
-  for (Index kt = std::max(run.keys().begin, chunk.begin); kt < k_end;) {
-    Index tk = std::min(tile_keys, k_end - kt);
-    if (kt < all.begin) tk = std::min({tk, cut_keys, all.begin - kt});  // up to the first fully seen key
-    else if (kt + tk > all.end) tk = std::min(tk, std::max(cut_keys, all.end - kt));  // full part, then cut
+  for (Index kt = std::max<Index>(run.keys().begin, 0) / align * align; kt < k_end;) {
+    Index tk = std::min(full_keys, k_end - kt);
+    if (kt < all.begin)
+      tk = std::min({tk, cut_keys, all.begin - kt});  // up to the first fully seen key
+    else if (kt + tk > all.end)
+      tk = std::min(tk, std::max(cut_keys, all.end - kt));                                // full part, then cut
+    if (tk < k_end - kt) tk = std::min(k_end - kt, std::max(align, tk / align * align));  // k_end: Lk or a panel
     run.absorb(kt, tk);
     kt += tk;
   }
@@ -331,8 +584,8 @@ inline Index decode_chunk_keys(const Tiles& tiles, Index lk) {
 /// shared by all heads.
 template <class T>
 void grouped_attention(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const ConstRowsRef<T>& v,
-                       const ConstRowsRef<T>* bias, Heads heads, const Options& options, RowsRef<T> out,
-                       Matrix<T>* lse, const Tiles& tiles = Tiles()) {
+                       const ConstRowsRef<T>* bias, Heads heads, const Options& options, RowsRef<T> out, Matrix<T>* lse,
+                       const Tiles& tiles = Tiles()) {
   const Index d = q.cols() / heads.query;
   const Problem<T> pb{q,
                       k,
@@ -351,7 +604,7 @@ void grouped_attention(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const
   // Whole positions per tile, so a tile's key ranges come from its first and last positions.
   const Index tile_positions = std::max<Index>(1, tiles.queries / stack);
   const Index tile_rows = tile_positions * stack;
-  const Index key_tile = lq * stack <= kFewRows ? tiles.few_rows_keys : tiles.keys;  // see Tiles
+  const Index key_tile = lq * stack <= tiles.few_rows ? tiles.few_rows_keys : tiles.keys;  // see Tiles
   [[maybe_unused]] const double work = double(lq) * stack * groups * double(lk) * double(d + pb.dv);
 
   const auto scatter = [&](Index g, Index p0, Index p1, const auto& rows_out, const auto& rows_lse) {
@@ -388,14 +641,14 @@ void grouped_attention(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const
 #endif
     {
       keep_tile_products_serial();
-      std::vector<Workspace<T>> ws(groups, Workspace<T>(rows, key_tile, d, pb.dv));
+      std::vector<Workspace<T>> ws(groups, Workspace<T>(rows, key_tile, d, pb.dv, rows > tiles.few_rows));
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
       for (Index c = 0; c < chunks; ++c) {
         std::vector<TileRun<T>> runs;
         runs.reserve(groups);
-        for (Index g = 0; g < groups; ++g) runs.emplace_back(pb, slices[g], g, 0, lq, ws[g]);
+        for (Index g = 0; g < groups; ++g) runs.emplace_back(pb, slices[g], nullptr, g, 0, lq, ws[g], tiles.few_rows);
         const KeyRange seen = runs[0].keys();  // the same positions in every group
         const Index k_end = std::min({seen.end, lk, (c + 1) * chunk_keys});
         for (Index kt = std::max(seen.begin, c * chunk_keys); kt < k_end; kt += key_tile)
@@ -426,42 +679,29 @@ void grouped_attention(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const
 
   // Prefill: tasks are (group, query tile), group by group and heaviest tile first within a group: under a
   // causal mask later tiles see more keys, so starting them first keeps both threads busy to the end (dynamic
-  // scheduling takes the rest).
-  //
-  // Every query tile of a group reads the group's keys and values again. When they are a column slice of wider
-  // rows (several kv heads, rows of G*d values), each key tile is spread over as many pages as it has rows;
-  // once k and v no longer fit in cache, Eigen's packing of such tiles makes the whole call ~10% slower than
-  // from contiguous rows (measured: MHA, 8 heads, L = 4096, d = 128, causal: 114 GFLOP/s strided, 129 from one
-  // contiguous head). So each thread then copies the group it works on into contiguous [Lk, d] and [Lk, dv]
-  // matrices once; the group-major task order makes that about one copy per group per thread. Below
-  // tiles.copy_groups_above bytes of k and v, or with fewer than 4 query tiles per group to share a copy, copying
-  // measured as a loss (L <= 1024 at d = 128: 0-5% slower). Copies hold the same values: results do not change.
+  // scheduling takes the rest). Each thread packs the group it works on once (tiles.pack_groups); the group-major
+  // order makes that about one packing per group per thread. Packing also copies the keys out of rows shared with
+  // other kv heads, which matters once k and v outgrow the cache (measured: MHA, 8 heads, L = 4096, d = 128,
+  // causal: 114 GFLOP/s reading tiles in place, 129 from one contiguous head).
   const Index n_tiles = (lq + tile_positions - 1) / tile_positions, tasks = n_tiles * groups;
   const bool later_is_heavier = options.mask.hides_future();
-  const double kv_bytes = double(k.rows() * k.outerStride() + v.rows() * v.outerStride()) * sizeof(T);
-  const bool copy_groups =
-      n_tiles >= 4 && kv_bytes > tiles.copy_groups_above && (k.outerStride() != d || v.outerStride() != pb.dv);
+  const Index ws_rows = std::min(tile_rows, lq * stack);
 #if defined(_OPENMP)
 #pragma omp parallel if (worth_threads(tasks, work))
 #endif
   {
     keep_tile_products_serial();
-    Workspace<T> ws(std::min(tile_rows, lq * stack), key_tile, d, pb.dv);
-    Matrix<T> k_copy, v_copy;
-    Index copied = -1;
+    Workspace<T> ws(ws_rows, key_tile, d, pb.dv, ws_rows > tiles.few_rows);
+    PackedKeys<T> packed;
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
     for (Index t = 0; t < tasks; ++t) {
       const Index g = t / n_tiles, tile = later_is_heavier ? n_tiles - 1 - t % n_tiles : t % n_tiles;
       const Index p0 = tile * tile_positions, p1 = std::min(lq, p0 + tile_positions);
-      if (copy_groups && copied != g) {
-        k_copy = slices[g].k;
-        v_copy = slices[g].v;
-        copied = g;
-      }
-      const GroupKeys<T> kv = copy_groups ? GroupKeys<T>{k_copy, v_copy} : slices[g];
-      attend_tile(pb, kv, g, p0, p1, KeyRange{0, lk}, key_tile, tiles.cut_keys, ws);
+      const bool pack_group = tiles.pack_groups && (p1 - p0) * stack > tiles.few_rows;
+      if (pack_group && packed.group != g) packed.pack(slices[g].k, slices[g].v, g);
+      attend_tile(pb, slices[g], pack_group ? &packed : nullptr, g, p0, p1, tiles, key_tile, ws);
       scatter(g, p0, p1, ws.acc, ws.sum);
     }
   }
