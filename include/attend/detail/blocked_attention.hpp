@@ -89,12 +89,12 @@ template <class T>
 struct Workspace {
   using ColMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
   Matrix<T> q;         ///< [tile rows, d]: the tile's stacked, scaled queries
-  Matrix<T> scores;    ///< [tile rows, tile keys]: S, then P in place (few rows)
+  Matrix<T> scores;    ///< [tile rows, tile keys]: S, then P in place (few rows; sized when needed)
   Matrix<T> acc;       ///< [tile rows, dv]: the output rows (few rows: accumulated here)
   Vector<T> max;       ///< running row maximum m
   Vector<T> sum;       ///< running row sum l, then the log-sum-exp
   Vector<T> q_packed;  ///< the tile's queries packed as a left operand
-  Vector<T> q_part;    ///< some of the tile's rows packed, for key tiles that the other rows do not see
+  Vector<T> q_part;    ///< some of the tile's rows packed, for tiles the others do not see (sized when needed)
   Vector<T> panels;    ///< [tile rows x tile keys] S, then P, in the packed left layout (PackedGemm)
   ColMajor acc_cols;   ///< [tile rows+, dv]: the unnormalized output, column-major as the packed product writes it
   Vector<T> k_tile, v_tile;  ///< one key tile's keys and values packed, when groups are not packed whole (lazily)
@@ -117,12 +117,11 @@ struct Workspace {
   // Packed key tiles are whole panels: up to `keys` rounded up to a multiple of PackedGemm<T>::nr.
   Workspace(Index rows, Index keys, Index panel_keys, Index d, Index dv, bool packed)
       : q(rows, d),
-        scores(rows, keys),
+        scores(packed ? 0 : rows, packed ? 0 : keys),
         acc(rows, dv),
         max(rows),
         sum(rows),
         q_packed(packed ? rows * d : 0),
-        q_part(packed ? rows * d : 0),
         panels(packed ? rows * panel_keys : 0),
         acc_cols(packed ? padded_column(rows) : 0, packed ? dv : 0),
         visible_lo(packed ? rows : 0),
@@ -160,8 +159,7 @@ bool all_finite(const Eigen::MatrixBase<Derived>& m) {
   return true;
 }
 
-/// The keys [Lk, d] and values [Lk, dv] of one kv group: column slices of the problem's k and v, or contiguous
-/// copies of them (see grouped_attention()).
+/// The keys [Lk, d] and values [Lk, dv] of one kv group: column slices of the problem's k and v.
 template <class T>
 struct GroupKeys {
   ConstRowsRef<T> k;
@@ -205,7 +203,8 @@ class TileRun {
   KeyRange keys() const { return keys_; }
   /// Keys every row of the tile sees (may be empty: begin >= end).
   KeyRange seen_by_all() const { return seen_by_all_; }
-  /// Whether key tiles go through packed products (and must respect the panel boundaries of `packed`).
+  /// Whether key tiles go through packed products (tiles of more than `few_rows` rows); attend_tile() then puts
+  /// tile boundaries on panel boundaries.
   bool packed_products() const { return panels_; }
 
   /// Folds keys [kt, kt + tk) (within keys()) into the running softmax. A value row whose key is hidden from a
@@ -244,8 +243,10 @@ class TileRun {
       for (Index c = 0; c < pb_.dv; ++c) ws_.acc_cols.col(c).head(rows_).array() /= divisor.array();
       PackedGemm<T>::transpose(ws_.acc.data(), ws_.acc.outerStride(), ws_.acc_cols.data(), ws_.acc_cols.outerStride(),
                                rows_, pb_.dv);
-      for (Index r = 0; r < rows_; ++r)
+      for (Index r = 0; r < rows_; ++r) {
+        if (l[r] == T(0)) ws_.acc.row(r).setZero();  // saw no key: zeros, as the contract says, whatever V held
         l[r] = l[r] == T(0) ? -std::numeric_limits<T>::infinity() : ws_.max[r] + std::log(l[r]);
+      }
       return;
     }
     for (Index r = 0; r < rows_; ++r) {
@@ -277,6 +278,8 @@ class TileRun {
     auto m = ws_.max.segment(r0, rows);
     auto l = ws_.sum.segment(r0, rows);
     auto acc = ws_.acc.middleRows(r0, rows);
+    if (ws_.scores.rows() < rows || ws_.scores.cols() < tk)  // a short last tile of a packed workspace
+      ws_.scores.resize(ws_.q.rows(), std::max(tk, ws_.panel_keys));
     auto s = ws_.scores.topLeftCorner(rows, tk);
     const auto k_tile = kv_.k.middleRows(kt, tk);
     const auto v_tile = kv_.v.middleRows(kt, tk);
@@ -337,6 +340,7 @@ class TileRun {
       r0 = r0 / Gemm::mr * Gemm::mr;
       q += r0 * d;
     } else {
+      if (ws_.q_part.size() < (r1 - r0) * d) ws_.q_part.resize(ws_.q.rows() * d);
       Gemm::pack_lhs_rows(ws_.q_part.data(), ws_.q.row(r0).data(), ws_.q.outerStride(), r1 - r0, d);
       q = ws_.q_part.data();
     }
