@@ -243,18 +243,13 @@ class TileRun {
       for (Index c = 0; c < pb_.dv; ++c) ws_.acc_cols.col(c).head(rows_).array() /= divisor.array();
       PackedGemm<T>::transpose(ws_.acc.data(), ws_.acc.outerStride(), ws_.acc_cols.data(), ws_.acc_cols.outerStride(),
                                rows_, pb_.dv);
-      for (Index r = 0; r < rows_; ++r) {
-        if (l[r] == T(0)) ws_.acc.row(r).setZero();  // saw no key: zeros, as the contract says, whatever V held
-        l[r] = l[r] == T(0) ? -std::numeric_limits<T>::infinity() : ws_.max[r] + std::log(l[r]);
-      }
-      return;
     }
     for (Index r = 0; r < rows_; ++r) {
       if (l[r] == T(0)) {
-        ws_.acc.row(r).setZero();
+        ws_.acc.row(r).setZero();  // saw no key: zeros, as the contract says, whatever V held
         l[r] = -std::numeric_limits<T>::infinity();
       } else {
-        ws_.acc.row(r) /= l[r];
+        if (!panels_) ws_.acc.row(r) /= l[r];
         l[r] = ws_.max[r] + std::log(l[r]);
       }
     }
@@ -706,31 +701,24 @@ void grouped_attention(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const
     keep_tile_products_serial();
     Workspace<T> ws(ws_rows, key_tile, d, pb.dv, ws_rows > tiles.few_rows);
     PackedKeys<T> packed;
-    const auto run_task = [&](Index t) {
-      const Index g = t / n_tiles, tile = later_is_heavier ? n_tiles - 1 - t % n_tiles : t % n_tiles;
-      const Index p0 = tile * tile_positions, p1 = std::min(lq, p0 + tile_positions);
-      const bool pack_group = tiles.pack_groups && (p1 - p0) * stack > tiles.few_rows;
-      if (pack_group && packed.group != g) packed.pack(slices[g].k, slices[g].v, g);
-      attend_tile(pb, slices[g], pack_group ? &packed : nullptr, g, p0, p1, tiles, key_tile, ws);
-      scatter(g, p0, p1, ws.acc, ws.sum);
-    };
 #if defined(_OPENMP)
-    const bool whole_groups = groups >= 4 * omp_get_num_threads();
+    const Index team = omp_get_num_threads();
 #else
-    const bool whole_groups = false;  // one thread: the same order either way
+    const Index team = 1;
 #endif
-    if (whole_groups) {
+    const Index unit = groups >= 4 * team ? n_tiles : 1;  // tasks scheduled together: a whole group, or one tile
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
-      for (Index g = 0; g < groups; ++g)
-        for (Index t = g * n_tiles; t < (g + 1) * n_tiles; ++t) run_task(t);
-    } else {
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-      for (Index t = 0; t < tasks; ++t) run_task(t);
-    }
+    for (Index u = 0; u < tasks / unit; ++u)
+      for (Index t = u * unit; t < (u + 1) * unit; ++t) {
+        const Index g = t / n_tiles, tile = later_is_heavier ? n_tiles - 1 - t % n_tiles : t % n_tiles;
+        const Index p0 = tile * tile_positions, p1 = std::min(lq, p0 + tile_positions);
+        const bool pack_group = tiles.pack_groups && (p1 - p0) * stack > tiles.few_rows;
+        if (pack_group && packed.group != g) packed.pack(slices[g].k, slices[g].v, g);
+        attend_tile(pb, slices[g], pack_group ? &packed : nullptr, g, p0, p1, tiles, key_tile, ws);
+        scatter(g, p0, p1, ws.acc, ws.sum);
+      }
   }
 }
 
