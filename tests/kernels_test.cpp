@@ -173,6 +173,44 @@ TYPED_TEST(Kernels, BlockedKernelWithSmallTiles) {
   }
 }
 
+// The decode path walks each key tile through every group a few key rows at a time (16 per step): tiles of 37
+// keys in chunks of 100 keys give full and short steps, short tiles at chunk ends and tiles cut by every mask, with
+// 4, 8 and 16 stacked rows per group (1, 2 and 4 query positions of GQA 8/2) and MHA, with and without a bias
+// that hides some keys.
+TYPED_TEST(Kernels, DecodeWalksKeyRowsThroughEveryGroup) {
+  using T = TypeParam;
+  std::mt19937 rng(19);
+  const attend::detail::Tiles tiles{64, 64, 100, 37, 16};
+  for (Index lq : {1, 2, 4})
+    for (Index lk : {101, 250})
+      for (const Mask& m : kMasks)
+        for (Heads h : {Heads{8, 2}, Heads{3, 3}})
+          for (bool with_bias : {false, true}) {
+            constexpr Index d = 24, dv = 20;  // one packet and a remainder with AVX-512 floats
+            const auto q = random_matrix<T>(lq, h.query * d, rng), k = random_matrix<T>(lk, h.kv * d, rng);
+            const auto v = random_matrix<T>(lk, h.kv * dv, rng);
+            Matrix<T> bias = random_matrix<T>(lq, lk, rng);
+            bias.col(3).setConstant(-std::numeric_limits<T>::infinity());
+            bias(0, lk - 1) = -std::numeric_limits<T>::infinity();
+            const attend::detail::ConstRowsRef<T> qr(q), kr(k), vr(v), br(bias);
+            Matrix<T> got(lq, h.query * dv);
+            attend::detail::grouped_attention<T>(qr, kr, vr, with_bias ? &br : nullptr, h, with_mask(m), got, nullptr,
+                                                 tiles);
+            const Matrix<double> bias_d = bias.template cast<double>();
+            const int stack = h.query / h.kv;
+            for (int head = 0; head < h.query; ++head) {
+              const int g = head / stack;
+              const Matrix<T> qh = q.middleCols(head * d, d), kg = k.middleCols(g * d, d),
+                              vg = v.middleCols(g * dv, dv);
+              const Matrix<double> want = attend::reference::scaled_dot_product_attention(
+                  qh, kg, vg, with_mask(m), with_bias ? &bias_d : nullptr);
+              ASSERT_LE(max_abs_diff(got.middleCols(head * dv, dv), want), tolerance<T>())
+                  << "lq=" << lq << " lk=" << lk << " mask=" << m << " heads " << h.query << "/" << h.kv << " head "
+                  << head << (with_bias ? " with bias" : "");
+            }
+          }
+}
+
 // Packing each kv group whole once, or each key tile when it is used, feeds the same values to the same products
 // on the same tiles: bit for bit the same result, for every mask and head grouping (packed products on every tile;
 // 8 groups take the whole-group tasks when the team has 2 threads).

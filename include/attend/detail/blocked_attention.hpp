@@ -11,7 +11,8 @@
 ///
 /// The products run on operands packed once (detail::PackedGemm): each kv group's keys and values once per thread,
 /// each query tile once, and the scores are computed straight into the packed layout that P V reads. Tiles of a
-/// handful of rows (decoding) use matrix-vector products on the unpacked rows instead.
+/// handful of rows (decoding) use small register-blocked products on the unpacked rows instead
+/// (detail::RowProducts).
 ///
 /// Masks are policies (attend::Mask) that give each query a contiguous key range. Key tiles outside the
 /// union of a query tile's ranges are never computed; the mask is applied element-wise only on tiles that cut
@@ -35,6 +36,7 @@
 #include <vector>
 
 #include "attend/detail/packed_gemm.hpp"
+#include "attend/detail/row_products.hpp"
 #include "attend/masks.hpp"
 #include "attend/shapes.hpp"
 
@@ -47,8 +49,9 @@ namespace attend::detail {
 /// Tile sizes. Measured on the 2-core AVX-512 development machine (fp32, one thread; bench/ holds the benchmarks):
 /// - prefill (L = 4096, d = 64 and 128): 256 x 256 tiles keep both products near Eigen's GEMM speed while the
 ///   scores (256 KiB in float) stay in L2; 64-row tiles lose ~25%.
-/// - tiles of at most `few_rows` query rows (decoding): 64-key tiles keep the K tile in L1 while each query row
-///   reads it (GQA 32/8, d = 128, 16k cache: 11.8 GB/s of KV at 64 keys, 8.9 at 256, 5.8 at 512).
+/// - tiles of at most `few_rows` query rows (decoding): 64 keys, whose scores stay in L1; the decode path reads
+///   them 16 key rows at a time anyway (see grouped_attention()), and 64- to 256-key tiles measured within noise
+///   of each other (GQA 32/8, d = 128, 16k cache, 1 and 2 threads; 32 keys 2-5% slower).
 /// - decode chunks of 4096 keys: a 16k cache gives 4 chunks to spread over threads, each long enough to stream
 ///   at memory speed (1024-key chunks measured 0-15% slower).
 struct Tiles {
@@ -60,9 +63,9 @@ struct Tiles {
   /// Prefill packs each kv group's keys and values once per thread (Lk * (d + dv) numbers each); false packs
   /// each key tile for each query tile instead, which needs only O(tile) memory but repeats the packing.
   bool pack_groups = true;
-  /// Tiles of at most this many query rows use matrix-vector products on unpacked keys and values: packing
-  /// costs more than it saves when each key is used by a handful of rows (measured 10.8 vs 8.2 GB/s of KV at 4
-  /// rows, d = 128).
+  /// Tiles of at most this many query rows use detail::RowProducts on unpacked keys and values: packing costs
+  /// more than it saves when each key is used by a handful of rows (measured with matrix-vector products: 10.8
+  /// vs 8.2 GB/s of KV at 4 rows, d = 128).
   Index few_rows = 16;
 };
 
@@ -211,75 +214,53 @@ class TileRun {
   /// query (by the mask or a -inf bias) is never multiplied into that query's output, so infinities or NaN
   /// stored there cannot leak through 0 * inf.
   void absorb(Index kt, Index tk) {
-    const Problem<T>& pb = pb_;
-    const Index stack = pb.stack;
-    // Only tiles that cut through some row's key range need per-row limits; elsewhere every row sees the
-    // whole tile. Key ranges move right as the position grows, so the rows that see none of a cut tile are a
-    // prefix (ranges ending before it) and a suffix (ranges starting after it): they are left out of the
-    // products, which on a causal diagonal saves the hidden triangle (see attend_tile()).
-    const bool cut_by_mask = kt < seen_by_all_.begin || kt + tk > seen_by_all_.end;
-    Index r0 = 0, r1 = rows_;
-    if (cut_by_mask) {
-      Index p_lo = p0_, p_hi = p0_ + rows_ / stack;
-      while (p_lo < p_hi && pb.mask.keys(p_lo, pb.positions, pb.keys).end <= kt) ++p_lo;
-      while (p_hi > p_lo && pb.mask.keys(p_hi - 1, pb.positions, pb.keys).begin >= kt + tk) --p_hi;
-      r0 = (p_lo - p0_) * stack;
-      r1 = (p_hi - p0_) * stack;
-      if (r0 == r1) return;
-    }
-    if (panels_)
-      absorb_packed(kt, tk, cut_by_mask, r0, r1);
-    else
-      absorb_rows(kt, tk, cut_by_mask, r0, r1);
-  }
-
-  /// Leaves in ws.acc the normalized rows (position-major stack) and in ws.sum each row's log-sum-exp of its
-  /// visible scaled scores (-inf, with a zero row, when it saw no key).
-  void finish() {
-    auto l = ws_.sum.head(rows_);
+    const Part part = rows_seeing(kt, tk);
+    if (part.r0 == part.r1) return;
     if (panels_) {
-      // Normalize column by column where the product left the rows (vectorized), then transpose once.
-      const Vector<T> divisor = (l.array() == T(0)).select(T(1), l.array());
-      for (Index c = 0; c < pb_.dv; ++c) ws_.acc_cols.col(c).head(rows_).array() /= divisor.array();
-      PackedGemm<T>::transpose(ws_.acc.data(), ws_.acc.outerStride(), ws_.acc_cols.data(), ws_.acc_cols.outerStride(),
-                               rows_, pb_.dv);
-    }
-    for (Index r = 0; r < rows_; ++r) {
-      if (l[r] == T(0)) {
-        ws_.acc.row(r).setZero();  // saw no key: zeros, as the contract says, whatever V held
-        l[r] = -std::numeric_limits<T>::infinity();
-      } else {
-        if (!panels_) ws_.acc.row(r) /= l[r];
-        l[r] = ws_.max[r] + std::log(l[r]);
-      }
+      absorb_packed(kt, tk, part.cut_by_mask, part.r0, part.r1);
+    } else {
+      begin_rows(kt, tk);
+      rows_scores(kt, kt + tk);
+      rows_softmax();
+      rows_accumulate(kt, kt + tk);
     }
   }
 
- private:
-  /// Keys [lo, hi) of the tile that tile row r sees (all of them unless the mask cuts the tile).
-  std::pair<Index, Index> visible(Index r, Index kt, Index tk, bool cut_by_mask) const {
-    if (!cut_by_mask) return {0, tk};
-    const KeyRange vis = pb_.mask.keys(p0_ + r / pb_.stack, pb_.positions, pb_.keys);
-    const Index lo = std::clamp<Index>(vis.begin - kt, 0, tk);
-    return {lo, std::clamp<Index>(vis.end - kt, lo, tk)};
+  /// absorb() in steps, for tiles of few rows (not packed_products()), so that the decode path can interleave the
+  /// groups: begin_rows(kt, tk), then rows_scores() on consecutive key ranges covering the tile, rows_softmax(),
+  /// then rows_accumulate() on consecutive ranges covering it again.
+  void begin_rows(Index kt, Index tk) {
+    part_ = rows_seeing(kt, tk);
+    kt_ = kt;
+    tk_ = tk;
+    if (ws_.scores.rows() < rows_ || ws_.scores.cols() < tk)  // a short last tile of a packed workspace
+      ws_.scores.resize(ws_.q.rows(), std::max(tk, ws_.panel_keys));
   }
 
-  /// A handful of rows: matrix-vector products straight from the key and value rows, softmax row by row.
-  void absorb_rows(Index kt, Index tk, bool cut_by_mask, Index r0, Index r1) {
+  /// The scores of keys [j0, j1) of the tile begun.
+  void rows_scores(Index j0, Index j1) {
+    const Index r0 = part_.r0, rows = part_.r1 - part_.r0;
+    if (rows == 0) return;
+    const auto q = ws_.q.middleRows(r0, rows);
+    const auto k = kv_.k.middleRows(j0, j1 - j0);
+    RowProducts<T>::scores(&ws_.scores(0, j0 - kt_), ws_.scores.outerStride(), q.data(), q.outerStride(), rows,
+                           k.data(), k.outerStride(), j1 - j0, pb_.d);
+  }
+
+  /// The online softmax step of the tile begun (begin_rows()), on its scores, row by row. The scores become the
+  /// weights P, 0 where a key is hidden.
+  void rows_softmax() {
     constexpr T neg_inf = -std::numeric_limits<T>::infinity();
     const Problem<T>& pb = pb_;
-    const Index rows = r1 - r0;
-    const auto q = ws_.q.middleRows(r0, rows);
+    const Index kt = kt_, tk = tk_, r0 = part_.r0, rows = part_.r1 - part_.r0;
+    const bool cut_by_mask = part_.cut_by_mask;
+    skip_zero_weights_ = false;
+    if (rows == 0) return;
     auto m = ws_.max.segment(r0, rows);
     auto l = ws_.sum.segment(r0, rows);
     auto acc = ws_.acc.middleRows(r0, rows);
-    if (ws_.scores.rows() < rows || ws_.scores.cols() < tk)  // a short last tile of a packed workspace
-      ws_.scores.resize(ws_.q.rows(), std::max(tk, ws_.panel_keys));
     auto s = ws_.scores.topLeftCorner(rows, tk);
-    const auto k_tile = kv_.k.middleRows(kt, tk);
-    const auto v_tile = kv_.v.middleRows(kt, tk);
 
-    for (Index r = 0; r < rows; ++r) s.row(r).transpose().noalias() = k_tile * q.row(r).transpose();
     if (pb.softcap > 0) s = ((s.array() * (T(1) / pb.softcap)).tanh() * pb.softcap).matrix();
     if (pb.bias)
       for (Index r = 0; r < rows; ++r) s.row(r) += pb.bias->row(p0_ + (r0 + r) / pb.stack).segment(kt, tk);
@@ -311,13 +292,77 @@ class TileRun {
 
     // Zero weights times non-finite values would poison the row (0 * inf = NaN). Only tiles where some keys are
     // hidden from some rows can have such a pair, and checking them costs one pass over a V tile.
-    if ((cut_by_mask || pb.bias) && !all_finite(v_tile)) {
+    skip_zero_weights_ = (cut_by_mask || pb.bias) && !all_finite(kv_.v.middleRows(kt, tk));
+  }
+
+  /// acc += P V for keys [j0, j1) of the tile begun, after rows_softmax().
+  void rows_accumulate(Index j0, Index j1) {
+    const Index r0 = part_.r0, rows = part_.r1 - part_.r0;
+    if (rows == 0) return;
+    auto acc = ws_.acc.middleRows(r0, rows);
+    const auto v = kv_.v.middleRows(j0, j1 - j0);
+    const T* p = &ws_.scores(0, j0 - kt_);
+    const Index ldp = ws_.scores.outerStride();
+    if (skip_zero_weights_) {
+      // Zero weights times non-finite values would poison the row (0 * inf = NaN): see rows_softmax().
       for (Index r = 0; r < rows; ++r)
-        for (Index j = 0; j < tk; ++j)
-          if (s(r, j) != T(0)) acc.row(r) += s(r, j) * v_tile.row(j);
+        for (Index j = 0; j < j1 - j0; ++j)
+          if (p[r * ldp + j] != T(0)) acc.row(r) += p[r * ldp + j] * v.row(j);
     } else {
-      for (Index r = 0; r < rows; ++r) acc.row(r).noalias() += s.row(r) * v_tile;
+      RowProducts<T>::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, v.data(), v.outerStride(), j1 - j0,
+                                 pb_.dv);
     }
+  }
+
+  /// Leaves in ws.acc the normalized rows (position-major stack) and in ws.sum each row's log-sum-exp of its
+  /// visible scaled scores (-inf, with a zero row, when it saw no key).
+  void finish() {
+    auto l = ws_.sum.head(rows_);
+    if (panels_) {
+      // Normalize column by column where the product left the rows (vectorized), then transpose once.
+      const Vector<T> divisor = (l.array() == T(0)).select(T(1), l.array());
+      for (Index c = 0; c < pb_.dv; ++c) ws_.acc_cols.col(c).head(rows_).array() /= divisor.array();
+      PackedGemm<T>::transpose(ws_.acc.data(), ws_.acc.outerStride(), ws_.acc_cols.data(), ws_.acc_cols.outerStride(),
+                               rows_, pb_.dv);
+    }
+    for (Index r = 0; r < rows_; ++r) {
+      if (l[r] == T(0)) {
+        ws_.acc.row(r).setZero();  // saw no key: zeros, as the contract says, whatever V held
+        l[r] = -std::numeric_limits<T>::infinity();
+      } else {
+        if (!panels_) ws_.acc.row(r) /= l[r];
+        l[r] = ws_.max[r] + std::log(l[r]);
+      }
+    }
+  }
+
+ private:
+  /// The rows of the tile that see some of keys [kt, kt + tk): [r0, r1), and whether the mask cuts the tile.
+  struct Part {
+    bool cut_by_mask;
+    Index r0, r1;
+  };
+  Part rows_seeing(Index kt, Index tk) const {
+    const Problem<T>& pb = pb_;
+    const Index stack = pb.stack;
+    // Only tiles that cut through some row's key range need per-row limits; elsewhere every row sees the
+    // whole tile. Key ranges move right as the position grows, so the rows that see none of a cut tile are a
+    // prefix (ranges ending before it) and a suffix (ranges starting after it): they are left out of the
+    // products, which on a causal diagonal saves the hidden triangle (see attend_tile()).
+    const bool cut_by_mask = kt < seen_by_all_.begin || kt + tk > seen_by_all_.end;
+    if (!cut_by_mask) return {false, 0, rows_};
+    Index p_lo = p0_, p_hi = p0_ + rows_ / stack;
+    while (p_lo < p_hi && pb.mask.keys(p_lo, pb.positions, pb.keys).end <= kt) ++p_lo;
+    while (p_hi > p_lo && pb.mask.keys(p_hi - 1, pb.positions, pb.keys).begin >= kt + tk) --p_hi;
+    return {true, (p_lo - p0_) * stack, (p_hi - p0_) * stack};
+  }
+
+  /// Keys [lo, hi) of the tile that tile row r sees (all of them unless the mask cuts the tile).
+  std::pair<Index, Index> visible(Index r, Index kt, Index tk, bool cut_by_mask) const {
+    if (!cut_by_mask) return {0, tk};
+    const KeyRange vis = pb_.mask.keys(p0_ + r / pb_.stack, pb_.positions, pb_.keys);
+    const Index lo = std::clamp<Index>(vis.begin - kt, 0, tk);
+    return {lo, std::clamp<Index>(vis.end - kt, lo, tk)};
   }
 
   /// Many rows: S = Q K^T on packed operands, written panel by panel in the packed left layout, the softmax on
@@ -410,7 +455,7 @@ class TileRun {
   /// and only that run is read; the rest of the column is set to 0 (Eigen's vectorized exp would turn -inf
   /// into ~1e-38, not 0). A -inf bias is mapped to 0 entry by entry (Eigen 3.4 evaluates select() one scalar at
   /// a time, so only then). Rows whose maximum did not move get alpha = exp(0) = 1 exactly; rows still at -inf
-  /// shift by 0 (see absorb_rows()).
+  /// shift by 0 (see rows_softmax()).
   void softmax_panel(T* s, Index h, Index tk, Index row, const Index* lo, const Index* hi) {
     // Panel columns live on the stack (at most mr rows). A fixed size of mr would be unrolled whole, and GCC 12
     // then reports a false -Wuninitialized inside Eigen's AVX-512 exp.
@@ -487,6 +532,10 @@ class TileRun {
   Index p0_, rows_;
   bool panels_;
   KeyRange keys_, seen_by_all_;
+  // The few-rows tile begun (begin_rows()).
+  Part part_{false, 0, 0};
+  Index kt_ = 0, tk_ = 0;
+  bool skip_zero_weights_ = false;
 };
 
 /// Attends positions [p0, p1) of kv group g to all keys the mask lets each row see, in key tiles of `tile_keys`;
@@ -654,8 +703,23 @@ void grouped_attention(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const
         for (Index g = 0; g < groups; ++g) runs.emplace_back(pb, slices[g], nullptr, g, 0, lq, ws[g], tiles.few_rows);
         const KeyRange seen = runs[0].keys();  // the same positions in every group
         const Index k_end = std::min({seen.end, lk, (c + 1) * chunk_keys});
-        for (Index kt = std::max(seen.begin, c * chunk_keys); kt < k_end; kt += key_tile)
-          for (auto& run : runs) run.absorb(kt, std::min(key_tile, k_end - kt));
+        for (Index kt = std::max(seen.begin, c * chunk_keys); kt < k_end; kt += key_tile) {
+          const Index tk = std::min(key_tile, k_end - kt);
+          if (runs[0].packed_products()) {
+            for (auto& run : runs) run.absorb(kt, tk);
+            continue;
+          }
+          // 16 key rows at a time through every group, so that memory is read a few whole key rows at a time
+          // rather than as one page-strided slice per group (row_products.hpp has the measurements): scores,
+          // then each group's softmax step, then the weighted values.
+          constexpr Index step = 16;
+          for (auto& run : runs) run.begin_rows(kt, tk);
+          for (Index j = kt; j < kt + tk; j += step)
+            for (auto& run : runs) run.rows_scores(j, std::min(j + step, kt + tk));
+          for (auto& run : runs) run.rows_softmax();
+          for (Index j = kt; j < kt + tk; j += step)
+            for (auto& run : runs) run.rows_accumulate(j, std::min(j + step, kt + tk));
+        }
         for (Index g = 0; g < groups; ++g) {
           runs[g].finish();
           part_out[g * chunks + c] = ws[g].acc.topRows(rows);

@@ -1,0 +1,143 @@
+#pragma once
+/// \file
+/// The two products of a tile with a handful of query rows (decoding), on Eigen's packet primitives: scores
+/// S = Q K^T as dot products and acc += P V as weighted sums of value rows, read straight from the unpacked key and
+/// value rows, any number of keys at a time.
+///
+/// Why not Eigen's matrix-vector products, one query row at a time: each call reads the key or value tile again for
+/// every query row, and only long tiles amortize its setup. Here a register block of rows x keys shares its loads
+/// and a call on 16 keys costs little, so the decode path (grouped_attention()) walks 16 whole key rows through
+/// every kv group before moving on, instead of one group's column slice of 64 keys (a page-strided read) at a time.
+/// Measured, GQA 32/8, d = 128, one query, fp32, AVX-512:
+/// - 64k-key cache (512 MiB of KV, beyond this machine's L3), 1 thread: 9.3-9.5 GB/s of KV with matrix-vector
+///   products, 11.5 GB/s with these loops; summing the same bytes reads 14.5 GB/s.
+/// - bench/decode_bench, 16k cache, 10 alternating runs each, these loops against matrix-vector products: 1 thread
+///   10.5 against 10.2 ms (medians; the cache partly sat in L3 then), 2 threads 4.23 against 4.72 ms; 4 queries
+///   (16 rows) 17.4 against 23.9 ms.
+/// With this blocking but tile by tile and group by group, the 16k decode took 15.7-17.6 ms: reading order, not the
+/// arithmetic, decides (the compute alone, with keys in L2, takes 3.6-3.9 ms either way). Why the order matters
+/// so much on this machine is presumed, not measured: more key rows in flight at a time.
+///
+/// Each dot product sums whole packets across the depth, then the packet's lanes, then the remainder of the depth
+/// one value at a time: the same values as a plain product up to the order of the additions.
+
+#include <Eigen/Core>
+
+#include "attend/shapes.hpp"
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"  // packet types as template arguments, as in packed_gemm.hpp
+#endif
+
+namespace attend::detail {
+
+/// Products of a few rows for scalar type T; every matrix is row-major with the given row stride.
+template <class T>
+struct RowProducts {
+  using Packet = typename Eigen::internal::packet_traits<T>::type;
+  static constexpr Index width = Eigen::internal::unpacket_traits<Packet>::size;
+  /// Register blocks of 16 accumulators with 32 vector registers (AVX-512), 8 with 16 (SSE, AVX2), so that the
+  /// operands still fit beside them: scores take `block_rows` rows x `block` keys, or one row x `wide` keys;
+  /// accumulate takes `block_rows` rows x `block` packets of columns.
+  static constexpr int block = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 4 : 2;
+  static constexpr int wide = 4 * block;
+  static constexpr int block_rows = 4;
+
+  /// s[r, j] = q[r, :] . k[j, :] for r < rows, j < keys, over `depth` values.
+  ///
+  /// Up to `block_rows` rows go one at a time against `wide` keys: there each key is used by few rows, reading keys
+  /// is the cost, and more key rows in flight read faster (GQA 32/8 decode, 16k cache, 6 alternating runs: 1 thread
+  /// 11.7 ms against 12.75 ms for blocks of 4 rows x 4 keys, 2 threads 4.92 against 5.67 ms). More rows share each
+  /// key's loads in blocks of `block_rows` x `block` (4 queries, 16 rows: 17.4 ms against 18.5 ms one row at a
+  /// time).
+  static void scores(T* s, Index lds, const T* q, Index ldq, Index rows, const T* k, Index ldk, Index keys,
+                     Index depth) {
+    Index r = 0;
+    if (rows > block_rows)
+      for (; r + block_rows <= rows; r += block_rows)
+        scores_rows<block_rows, block>(s + r * lds, lds, q + r * ldq, ldq, k, ldk, keys, depth);
+    for (; r < rows; ++r) scores_rows<1, wide>(s + r * lds, lds, q + r * ldq, ldq, k, ldk, keys, depth);
+  }
+
+  /// acc[r, :] += sum over j < keys of p[r, j] * v[j, :] for r < rows, over `cols` values.
+  static void accumulate(T* acc, Index lda, const T* p, Index ldp, Index rows, const T* v, Index ldv, Index keys,
+                         Index cols) {
+    Index r = 0;
+    for (; r + block_rows <= rows; r += block_rows)
+      accumulate_rows<block_rows>(acc + r * lda, lda, p + r * ldp, ldp, v, ldv, keys, cols);
+    for (; r < rows; ++r) accumulate_rows<1>(acc + r * lda, lda, p + r * ldp, ldp, v, ldv, keys, cols);
+  }
+
+ private:
+  template <int R, int C>
+  static void scores_rows(T* s, Index lds, const T* q, Index ldq, const T* k, Index ldk, Index keys, Index depth) {
+    Index j = 0;
+    for (; j + C <= keys; j += C) scores_block<R, C>(s + j, lds, q, ldq, k + j * ldk, ldk, depth);
+    for (; j < keys; ++j) scores_block<R, 1>(s + j, lds, q, ldq, k + j * ldk, ldk, depth);
+  }
+
+  // R rows against C keys: R x C packet accumulators across the depth, then one horizontal sum each.
+  template <int R, int C>
+  static void scores_block(T* s, Index lds, const T* q, Index ldq, const T* k, Index ldk, Index depth) {
+    namespace ei = Eigen::internal;
+    const Index packed_depth = depth / width * width;
+    Packet acc[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = ei::pset1<Packet>(T(0));
+    for (Index x = 0; x < packed_depth; x += width) {
+      Packet kp[C];
+      for (int c = 0; c < C; ++c) kp[c] = ei::ploadu<Packet>(k + c * ldk + x);
+      for (int r = 0; r < R; ++r) {
+        const Packet qp = ei::ploadu<Packet>(q + r * ldq + x);
+        for (int c = 0; c < C; ++c) acc[r][c] = ei::pmadd(qp, kp[c], acc[r][c]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) {
+        T sum = ei::predux(acc[r][c]);
+        for (Index x = packed_depth; x < depth; ++x) sum += q[r * ldq + x] * k[c * ldk + x];
+        s[r * lds + c] = sum;
+      }
+  }
+
+  template <int R>
+  static void accumulate_rows(T* acc, Index lda, const T* p, Index ldp, const T* v, Index ldv, Index keys, Index cols) {
+    Index x = 0;
+    for (; x + block * width <= cols; x += block * width)
+      accumulate_block<R, block>(acc + x, lda, p, ldp, v + x, ldv, keys);
+    for (; x + width <= cols; x += width) accumulate_block<R, 1>(acc + x, lda, p, ldp, v + x, ldv, keys);
+    for (; x < cols; ++x)
+      for (int r = 0; r < R; ++r) {
+        T sum = acc[r * lda + x];
+        for (Index j = 0; j < keys; ++j) sum += p[r * ldp + j] * v[j * ldv + x];
+        acc[r * lda + x] = sum;
+      }
+  }
+
+  // R rows x C packets of columns: the accumulators stay in registers across all keys, and each key's value
+  // packets are loaded once for the R rows.
+  template <int R, int C>
+  static void accumulate_block(T* acc, Index lda, const T* p, Index ldp, const T* v, Index ldv, Index keys) {
+    namespace ei = Eigen::internal;
+    Packet a[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) a[r][c] = ei::ploadu<Packet>(acc + r * lda + c * width);
+    for (Index j = 0; j < keys; ++j) {
+      Packet vp[C];
+      for (int c = 0; c < C; ++c) vp[c] = ei::ploadu<Packet>(v + j * ldv + c * width);
+      for (int r = 0; r < R; ++r) {
+        const Packet w = ei::pset1<Packet>(p[r * ldp + j]);
+        for (int c = 0; c < C; ++c) a[r][c] = ei::pmadd(w, vp[c], a[r][c]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) ei::pstoreu(acc + r * lda + c * width, a[r][c]);
+  }
+};
+
+}  // namespace attend::detail
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
