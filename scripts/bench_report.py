@@ -468,11 +468,14 @@ def render(res, meta, plot_rel):
         w("")
         w("q [Lq, 32·128] against a cache k, v [S, 8·128], causal. GB/s = KV bytes read per call "
           "(S · 8 · 128 · 2 · 4 B) per second. The naive baseline materializes each query head's scores over "
-          "the whole cache, reading every KV head once per query head (4 times).")
+          "the whole cache, reading every KV head once per query head (4 times). The issue's yardstick is the "
+          "triad; the read-only sum over 128 MiB (the 16k cache's size) is the closer ceiling for a kernel that only "
+          "reads, so both are shown.")
         w("")
         rows = []
         for t in threads:
             tri = res.get(TRIAD, t, "GBps")
+            rd = res.get(READ, t, "GBps")
             for name in decode:
                 a = parse_args(name)
                 naive = partner(name, "attend_", "naive_")
@@ -480,9 +483,9 @@ def render(res, meta, plot_rel):
                 rows.append(["%d" % t, "%d" % a["S"], "%d" % a["Lq"], "%.0f" % (res.get(name, t, "KV_MiB") or 0),
                              ms(res.get(naive, t)), ms(res.get(name, t)),
                              times(ratio(res.get(naive, t), res.get(name, t))),
-                             num(res.get(naive, t, "GBps")), num(g), pct(ratio(g, tri))])
+                             num(res.get(naive, t, "GBps")), num(g), pct(ratio(g, tri)), pct(ratio(g, rd))])
         w(table(["threads", "S", "Lq", "KV MiB", "naive ms", "attend ms", "speedup", "naive GB/s", "attend GB/s",
-                 "attend % of triad"], rows))
+                 "attend % of triad", "attend % of read"], rows))
         w("")
 
     # MLA ------------------------------------------------------------------------------------------------
