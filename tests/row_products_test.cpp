@@ -13,8 +13,7 @@ using attend::Matrix;
 
 template <class T>
 class RowProductsTest : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(RowProductsTest, Scalars);
+TYPED_TEST_SUITE(RowProductsTest, attend_test::Scalars);
 
 // Sizes around the packet width w and the register blocks: 1, w-1, w, w+1, ... (duplicates are harmless).
 template <class T>
@@ -32,6 +31,15 @@ std::vector<Index> key_counts() {
   for (Index j = 0; j <= 2 * P::block + 1; ++j) keys.push_back(j);
   for (Index j : {P::wide - 1, P::wide, P::wide + 1, 2 * P::wide + 3}) keys.push_back(j);
   return keys;
+}
+
+// A rows x (cols + pad) matrix: random values, then `pad` columns of 1000, so that a row-stride mistake reads
+// values far from the data.
+template <class T>
+Matrix<T> padded(Index rows, Index cols, Index pad, std::mt19937& rng) {
+  Matrix<T> m = Matrix<T>::Constant(rows, cols + pad, T(1000));
+  m.leftCols(cols) = attend_test::random_matrix<T>(rows, cols, rng);
+  return m;
 }
 
 // Whether got = want up to the rounding of sums of n products in T: |got - want| <= 2 (n + 1) eps * sum |terms|,
@@ -55,10 +63,7 @@ TYPED_TEST(RowProductsTest, ScoresMatchPlainDotProducts) {
   for (Index rows = 1; rows <= 2 * P::block_rows + 1; ++rows)
     for (Index keys : key_counts<T>())
       for (Index depth : widths<T>()) {
-        // Strides wider than the rows: a stride mistake reads the padding, which holds values far from the data.
-        Matrix<T> q = Matrix<T>::Constant(rows, depth + 3, T(1000)), k = Matrix<T>::Constant(keys, depth + 5, T(1000));
-        q.leftCols(depth) = attend_test::random_matrix<T>(rows, depth, rng);
-        k.leftCols(depth) = attend_test::random_matrix<T>(keys, depth, rng);
+        const Matrix<T> q = padded<T>(rows, depth, 3, rng), k = padded<T>(keys, depth, 5, rng);
         Matrix<T> s = Matrix<T>::Constant(rows, keys + 2, T(-7));
         P::scores(s.data(), s.outerStride(), q.data(), q.outerStride(), rows, k.data(), k.outerStride(), keys, depth);
         const Matrix<double> qd = q.leftCols(depth).template cast<double>(),
@@ -77,9 +82,7 @@ TYPED_TEST(RowProductsTest, AccumulateAddsWeightedValueRows) {
   for (Index rows = 1; rows <= 2 * P::block_rows + 1; ++rows)
     for (Index keys : key_counts<T>())
       for (Index cols : widths<T>()) {
-        Matrix<T> p = Matrix<T>::Constant(rows, keys + 3, T(1000)), v = Matrix<T>::Constant(keys, cols + 5, T(1000));
-        p.leftCols(keys) = attend_test::random_matrix<T>(rows, keys, rng);
-        v.leftCols(cols) = attend_test::random_matrix<T>(keys, cols, rng);
+        const Matrix<T> p = padded<T>(rows, keys, 3, rng), v = padded<T>(keys, cols, 5, rng);
         Matrix<T> acc = Matrix<T>::Constant(rows, cols + 2, T(-7));
         acc.leftCols(cols) = attend_test::random_matrix<T>(rows, cols, rng);
         const Matrix<double> a0 = acc.leftCols(cols).template cast<double>(),
