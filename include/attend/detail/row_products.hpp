@@ -53,6 +53,8 @@ struct RowProducts {
   /// time).
   static void scores(T* s, Index lds, const T* q, Index ldq, Index rows, const T* k, Index ldk, Index keys,
                      Index depth) {
+    // Empty operands may have null data; offsetting a null pointer is undefined behaviour even unused.
+    if (rows == 0 || keys == 0) return;
     Index r = 0;
     if (rows > block_rows)
       for (; r + block_rows <= rows; r += block_rows)
@@ -63,6 +65,7 @@ struct RowProducts {
   /// acc[r, :] += sum over j < keys of p[r, j] * v[j, :] for r < rows, over `cols` values.
   static void accumulate(T* acc, Index lda, const T* p, Index ldp, Index rows, const T* v, Index ldv, Index keys,
                          Index cols) {
+    if (rows == 0 || keys == 0 || cols == 0) return;  // as in scores(): empty operands may have null data
     Index r = 0;
     for (; r + block_rows <= rows; r += block_rows)
       accumulate_rows<block_rows>(acc + r * lda, lda, p + r * ldp, ldp, v, ldv, keys, cols);
