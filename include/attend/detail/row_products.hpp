@@ -28,6 +28,13 @@
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wignored-attributes"  // packet types as template arguments, as in packed_gemm.hpp
+// GCC 12's AVX-512 intrinsics start some vectors from the self-initialized `__m512d __Y = __Y`
+// (_mm512_undefined_pd); inlined here through Eigen's predux, that is reported as used uninitialized, a false
+// positive that -Werror makes fatal for anyone compiling this header with -march=native.
+#if !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #endif
 
 namespace attend::detail {
