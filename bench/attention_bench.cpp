@@ -174,8 +174,8 @@ void attend_peak_memory(benchmark::State& state) {
   state.counters["GFLOPS"] = bench::rate(1e-9 * bench::attention_flops(L, L, d, H, causal, false));
   state.counters["inputs_MiB"] = double(in.q.size() + in.k.size() + in.v.size()) * sizeof(float) / (1 << 20);
   state.counters["output_MiB"] = double(L) * H * d * sizeof(float) / (1 << 20);
-  state.counters["extra_MiB"] = extra;  // peak resident growth during the call beyond the output
-  state.counters["peak_MiB"] = peak;    // VmHWM of the process
+  state.counters["extra_MiB"] = extra;          // peak resident growth during the call beyond the output
+  state.counters["peak_MiB"] = peak;            // VmHWM of the process
   state.counters["hwm_reset"] = reset ? 1 : 0;  // 0: VmHWM was the lifetime peak (trust it in a fresh process only)
 }
 

@@ -15,6 +15,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <attend/attend.hpp>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -24,8 +25,6 @@
 #include <random>
 #include <string>
 #include <tuple>
-
-#include <attend/attend.hpp>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -82,8 +81,8 @@ inline const Inputs& inputs(Index lq, Index lk, Index qcols, Index kcols, Index 
 /// `scores` and `out` are caller-provided workspaces (resized when needed, so repeated calls allocate nothing):
 /// the baseline is given its memory for free. Eigen's GEMM uses OpenMP threads by itself; the softmax rows are
 /// split over threads too.
-inline void naive_attention(const Mat& q, const Mat& k, const Mat& v, int heads, int kv_heads, bool causal,
-                            Mat& scores, Mat& out) {
+inline void naive_attention(const Mat& q, const Mat& k, const Mat& v, int heads, int kv_heads, bool causal, Mat& scores,
+                            Mat& out) {
   const Index lq = q.rows(), lk = k.rows(), d = q.cols() / heads, dv = v.cols() / kv_heads;
   const int per_group = heads / kv_heads;
   const float scale = 1.0f / std::sqrt(float(d));
@@ -185,13 +184,13 @@ inline std::string take_flag(int& argc, char** argv, const char* name, const std
 }  // namespace bench
 
 /// main() of a bench program: `register_extra(argc, argv)` may take its own flags and register benchmarks.
-#define ATTEND_BENCH_MAIN(register_extra)                                     \
-  int main(int argc, char** argv) {                                           \
-    register_extra(argc, argv);                                               \
-    benchmark::Initialize(&argc, argv);                                       \
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;         \
-    bench::add_context();                                                     \
-    benchmark::RunSpecifiedBenchmarks();                                      \
-    benchmark::Shutdown();                                                    \
-    return 0;                                                                 \
+#define ATTEND_BENCH_MAIN(register_extra)                             \
+  int main(int argc, char** argv) {                                   \
+    register_extra(argc, argv);                                       \
+    benchmark::Initialize(&argc, argv);                               \
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1; \
+    bench::add_context();                                             \
+    benchmark::RunSpecifiedBenchmarks();                              \
+    benchmark::Shutdown();                                            \
+    return 0;                                                         \
   }

@@ -36,8 +36,7 @@ void decode_counters(benchmark::State& state, Index cache, Index lq) {
 
 void attend_decode(benchmark::State& state) {
   const Index cache = state.range(0), lq = state.range(1);
-  const bench::Inputs& in =
-      bench::inputs(lq, cache, kQueryHeads * kHeadDim, kKvHeads * kHeadDim, kKvHeads * kHeadDim);
+  const bench::Inputs& in = bench::inputs(lq, cache, kQueryHeads * kHeadDim, kKvHeads * kHeadDim, kKvHeads * kHeadDim);
   attend::Options options;
   options.mask = attend::Mask::causal();
   for (auto _ : state) {
@@ -50,8 +49,7 @@ void attend_decode(benchmark::State& state) {
 
 void naive_decode(benchmark::State& state) {
   const Index cache = state.range(0), lq = state.range(1);
-  const bench::Inputs& in =
-      bench::inputs(lq, cache, kQueryHeads * kHeadDim, kKvHeads * kHeadDim, kKvHeads * kHeadDim);
+  const bench::Inputs& in = bench::inputs(lq, cache, kQueryHeads * kHeadDim, kKvHeads * kHeadDim, kKvHeads * kHeadDim);
   Mat scores(lq, cache), out(lq, kQueryHeads * kHeadDim);
   for (auto _ : state) {
     bench::naive_attention(in.q, in.k, in.v, kQueryHeads, kKvHeads, /*causal=*/true, scores, out);

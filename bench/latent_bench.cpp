@@ -57,8 +57,8 @@ const MlaCase& mla_case(Index tokens) {
     MlaCase& m = *slot;
     const Mla::Config c = m.layer.config;
     const auto init = [](attend::Linear<float>& lin, std::uint32_t seed) {
-      lin.weight = bench::random_matrix(lin.weight.rows(), lin.weight.cols(), seed,
-                                        1.0f / std::sqrt(float(lin.weight.cols())));
+      lin.weight =
+          bench::random_matrix(lin.weight.rows(), lin.weight.cols(), seed, 1.0f / std::sqrt(float(lin.weight.cols())));
     };
     init(m.layer.q_proj, 21);
     init(m.layer.kv_a_proj_with_mqa, 22);
@@ -113,9 +113,9 @@ void mla_absorbed_layer(benchmark::State& state) {
 
 /// Workspace of the textbook decode, allocated once.
 struct Decompressed {
-  Mat latent;    // [S + 1, r + rope]: the latent cache plus the new token
-  Mat kv;        // [S + 1, H * (nope + v)]: kv_b_proj of every cached latent
-  Mat k, v;      // [S + 1, H * (nope + rope)], [S + 1, H * v]
+  Mat latent;  // [S + 1, r + rope]: the latent cache plus the new token
+  Mat kv;      // [S + 1, H * (nope + v)]: kv_b_proj of every cached latent
+  Mat k, v;    // [S + 1, H * (nope + rope)], [S + 1, H * v]
   Mat scores, heads_out;
 };
 

@@ -10,9 +10,8 @@
 //      the value rows, that every row sums to 1, that "train" and "station" attend to each other more
 //      than to any other word, and that the two "the" get identical rows (exit code 1 when a check fails),
 //   4. writes attention.svg, a heatmap of the weights, into the current directory.
-#include <attend/attend.hpp>
-
 #include <algorithm>
+#include <attend/attend.hpp>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -58,11 +57,20 @@ std::string xml_escape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -97,9 +105,8 @@ bool write_svg(const attend::Matrix<float>& w, const std::string& path) {
       const int r = static_cast<int>(std::lround(255 - t * (255 - 8)));
       const int g = static_cast<int>(std::lround(255 - t * (255 - 48)));
       const int b = static_cast<int>(std::lround(255 - t * (255 - 107)));
-      f << "<rect x=\"" << left + j * cell << "\" y=\"" << top + i * cell << "\" width=\"" << cell
-        << "\" height=\"" << cell << "\" fill=\"rgb(" << r << "," << g << "," << b
-        << ")\" stroke=\"#ccc\"/>\n";
+      f << "<rect x=\"" << left + j * cell << "\" y=\"" << top + i * cell << "\" width=\"" << cell << "\" height=\""
+        << cell << "\" fill=\"rgb(" << r << "," << g << "," << b << ")\" stroke=\"#ccc\"/>\n";
       char label[16];
       std::snprintf(label, sizeof label, "%.2f", v);
       f << "<text x=\"" << left + j * cell + cell / 2 << "\" y=\"" << top + i * cell + cell / 2 + 5
@@ -158,7 +165,8 @@ int main() {
                 kTokens[static_cast<std::size_t>(j)].c_str());
   }
   std::printf("\n                 = [");
-  for (Eigen::Index c = 0; c < out.cols(); ++c) std::printf("%s%.3f", c ? ", " : "", static_cast<double>(out(train, c)));
+  for (Eigen::Index c = 0; c < out.cols(); ++c)
+    std::printf("%s%.3f", c ? ", " : "", static_cast<double>(out(train, c)));
   std::printf("]\n\n");
   std::printf(
       "\"train\" and \"station\" share the railway features, so each puts most of its weight on itself\n"

@@ -933,8 +933,7 @@ TEST(BadInputEdges, ScaleBeyondFloatIsValidInDouble) {
     EXPECT_TRUE(out.isApprox(attend::reference::scaled_dot_product_attention(q, k, v, o))) << out;
   }
   // The reference computes in double, so it accepts these options for float inputs too.
-  EXPECT_TRUE(attend::reference::scaled_dot_product_attention(M::Ones(2, 4), M::Ones(3, 4), M::Ones(3, 2),
-                                                               scale(1e300))
+  EXPECT_TRUE(attend::reference::scaled_dot_product_attention(M::Ones(2, 4), M::Ones(3, 4), M::Ones(3, 2), scale(1e300))
                   .isApprox(D::Ones(2, 2)));
 }
 

@@ -52,8 +52,11 @@ TEST(Errors, ScaleMustBeFinitePositive) {
     Options o;
     o.scale = s;
     expect_error([&] { attend::scaled_dot_product_attention(q44, k54, v52, o); }, {"options.scale"});
-    expect_error([&] { attend::multi_head_attention(q44, k54, v52, Heads{2, 2}, o); },
-                 {"multi_head_attention", "options.scale"});
+    expect_error(
+        [&] {
+          attend::multi_head_attention(q44, k54, v52, Heads{2, 2}, o);
+        },
+        {"multi_head_attention", "options.scale"});
   }
 }
 
@@ -95,18 +98,27 @@ TEST(Errors, KeyAndValueWidthsMustMatchKvHeads) {
                                      Matrix<float>::Ones(5, 64), Heads{8, 2});
       },
       {"attend::multi_head_attention: k has 48 columns, expected kv heads (2) * head dim (32) = 64", "k [5, 48]"});
-  expect_error([] { attend::multi_head_attention(q44, k54, Matrix<float>::Ones(5, 3), Heads{2, 2}); },
-               {"v has 3 columns, expected a multiple of kv heads (2)", "v [5, 3]"});
-  expect_error([] { attend::multi_head_attention(q44, k54, Matrix<float>::Ones(4, 2), Heads{2, 2}); },
-               {"v has 4 rows", "k [5, 4]"});
+  expect_error(
+      [] {
+        attend::multi_head_attention(q44, k54, Matrix<float>::Ones(5, 3), Heads{2, 2});
+      },
+      {"v has 3 columns, expected a multiple of kv heads (2)", "v [5, 3]"});
+  expect_error(
+      [] {
+        attend::multi_head_attention(q44, k54, Matrix<float>::Ones(4, 2), Heads{2, 2});
+      },
+      {"v has 4 rows", "k [5, 4]"});
 }
 
 TEST(Errors, IntoOutputMustHaveTheResultShape) {
   Matrix<float> out(4, 3);
   expect_error([&] { attend::scaled_dot_product_attention_into(q44, k54, v52, out); },
                {"scaled_dot_product_attention_into", "out is [4, 3], expected [4, 2]"});
-  expect_error([&] { attend::multi_head_attention_into(q44, k54, v52, Heads{2, 2}, out); },
-               {"multi_head_attention_into", "out is [4, 3]"});
+  expect_error(
+      [&] {
+        attend::multi_head_attention_into(q44, k54, v52, Heads{2, 2}, out);
+      },
+      {"multi_head_attention_into", "out is [4, 3]"});
 }
 
 TEST(Errors, InputsAreUnchangedAfterAnError) {

@@ -22,10 +22,8 @@
 // tests read them with at(), which throws for a missing one.
 #pragma once
 
-#include <attend/attend.hpp>
-
 #include <Eigen/Core>
-
+#include <attend/attend.hpp>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>

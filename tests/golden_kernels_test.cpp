@@ -35,13 +35,10 @@
 // all-zero in the file and must be exactly zero here (the contract says all-zero, never NaN), and
 // attention_weights must give exactly 0 to every key the mask hides.
 
-#include "golden.hpp"
-
-#include <attend/attend.hpp>
-
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <attend/attend.hpp>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -54,6 +51,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include "golden.hpp"
 
 namespace {
 
@@ -127,8 +126,8 @@ struct Worst {
 };
 
 // got vs the reference: shapes, no NaN/inf, max |got - want| <= tol, zero rows exactly zero.
-void expect_matches(const Eigen::MatrixXd& got, const Eigen::MatrixXd& want, double tol,
-                    const std::string& what, Worst& worst) {
+void expect_matches(const Eigen::MatrixXd& got, const Eigen::MatrixXd& want, double tol, const std::string& what,
+                    Worst& worst) {
   ASSERT_EQ(got.rows(), want.rows()) << what << ": rows";
   ASSERT_EQ(got.cols(), want.cols()) << what << ": cols";
   EXPECT_FALSE(got.hasNaN()) << what << ": NaN in the result";
@@ -141,16 +140,16 @@ void expect_matches(const Eigen::MatrixXd& got, const Eigen::MatrixXd& want, dou
       if (!(e <= err)) err = e, er = i, ec = j;  // also catches NaN
     }
   EXPECT_LE(err, tol) << what << ": max |got - expected| at (" << er << ", " << ec << "): got "
-                      << (got.size() ? got(er, ec) : 0.0) << ", expected "
-                      << (want.size() ? want(er, ec) : 0.0);
+                      << (got.size() ? got(er, ec) : 0.0) << ", expected " << (want.size() ? want(er, ec) : 0.0);
   if (std::isfinite(err)) worst.update(err / tol, what);
   if (std::getenv("ATTEND_GOLDEN_VERBOSE") != nullptr)
     std::cout << "[ golden   ]   " << what << ": max error " << err << ", tolerance " << tol << "\n";
   for (Eigen::Index i = 0; i < want.rows(); ++i) {
     if (want.cols() > 0 && (want.row(i).array() == 0.0).all()) {
       EXPECT_TRUE((got.row(i).array() == 0.0).all())
-          << what << ": row " << i << " has no visible key and must be exactly zero, got max |x| = "
-          << got.row(i).cwiseAbs().maxCoeff() << " (first entry " << got(i, 0) << ")";
+          << what << ": row " << i
+          << " has no visible key and must be exactly zero, got max |x| = " << got.row(i).cwiseAbs().maxCoeff()
+          << " (first entry " << got(i, 0) << ")";
     }
   }
 }
@@ -163,9 +162,12 @@ enum class Form { row_major, col_major, expression };
 
 const char* form_name(Form f) {
   switch (f) {
-    case Form::row_major: return "row-major";
-    case Form::col_major: return "column-major";
-    case Form::expression: return "expressions";
+    case Form::row_major:
+      return "row-major";
+    case Form::col_major:
+      return "column-major";
+    case Form::expression:
+      return "expressions";
   }
   return "?";
 }
@@ -204,8 +206,7 @@ Eigen::MatrixXd with_inputs(const GoldenCase& c, Form form, F&& f) {
       const attend::Matrix<T> vstore = v.cast<T>();
       const Eigen::Map<const attend::Matrix<T>> vmap(vstore.data(), vstore.rows(), vstore.cols());
       const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> bt = b.cast<T>().transpose();
-      return f(q.cast<T>() * T(1), padded.block(2, 1, k.rows(), k.cols()), vmap,
-               bt.transpose());
+      return f(q.cast<T>() * T(1), padded.block(2, 1, k.rows(), k.cols()), vmap, bt.transpose());
     }
   }
   return {};
@@ -257,10 +258,9 @@ void run_weights(Form form, Worst& worst) {
     SCOPED_TRACE("case " + c->name + " [" + form_name(form) + "]");
     const attend::Options opts = attend_test::options_of(*c);
     const double tol = tolerance<T>(*c);
-    const Eigen::MatrixXd got =
-        with_inputs<T>(*c, form, [&](const auto& q, const auto& k, const auto&, const auto&) {
-          return to_double(attend::attention_weights(q, k, opts));
-        });
+    const Eigen::MatrixXd got = with_inputs<T>(*c, form, [&](const auto& q, const auto& k, const auto&, const auto&) {
+      return to_double(attend::attention_weights(q, k, opts));
+    });
     expect_matches(got, c->at("weights"), tol, c->name + " [" + form_name(form) + "]", worst);
     // Each row is a probability distribution, or all zero.
     for (Eigen::Index i = 0; i < got.rows(); ++i) {
@@ -290,16 +290,14 @@ void run_multi_head(Form form, Worst& worst) {
     const int H = c->heads, G = c->kv_heads;
     const std::string tag = c->name + " [" + form_name(form) + "]";
 
-    const Eigen::MatrixXd mha =
-        with_inputs<T>(*c, form, [&](const auto& q, const auto& k, const auto& v, const auto&) {
-          return to_double(attend::multi_head_attention(q, k, v, attend::Heads{H, G}, opts));
-        });
+    const Eigen::MatrixXd mha = with_inputs<T>(*c, form, [&](const auto& q, const auto& k, const auto& v, const auto&) {
+      return to_double(attend::multi_head_attention(q, k, v, attend::Heads{H, G}, opts));
+    });
     expect_matches(mha, c->at("out"), tol, tag + " multi_head_attention", worst);
 
-    const Eigen::MatrixXd gqa =
-        with_inputs<T>(*c, form, [&](const auto& q, const auto& k, const auto& v, const auto&) {
-          return to_double(attend::grouped_query_attention(q, k, v, H, G, opts));
-        });
+    const Eigen::MatrixXd gqa = with_inputs<T>(*c, form, [&](const auto& q, const auto& k, const auto& v, const auto&) {
+      return to_double(attend::grouped_query_attention(q, k, v, H, G, opts));
+    });
     expect_matches(gqa, c->at("out"), tol, tag + " grouped_query_attention", worst);
 
     if (G == 1) {
@@ -388,8 +386,8 @@ TEST(GoldenKernelsFile, CoversEveryKindAndOption) {
     mask_lt_gt[mask].first += lq < lk;
     mask_lt_gt[mask].second += lq > lk;
   }
-  std::cout << "[ golden   ] kernels.txt: " << cases.size() << " cases: sdpa " << sdpa << ", weights "
-            << weights << ", mha " << mha << ", gqa " << gqa << ", mqa " << mqa << "\n";
+  std::cout << "[ golden   ] kernels.txt: " << cases.size() << " cases: sdpa " << sdpa << ", weights " << weights
+            << ", mha " << mha << ", gqa " << gqa << ", mqa " << mqa << "\n";
   EXPECT_GE(sdpa, 50);
   EXPECT_GE(weights, 10);
   EXPECT_GE(mha, 6);
@@ -433,13 +431,13 @@ TEST(GoldenLoader, RejectsMalformedInputWithFileAndLine) {
     std::string line;  // expected ":<line>:" in the message
   };
   const std::vector<Bad> bad = {
-      {header + "matrix q 1 2\n1\n", ":5:"},                        // too few values
-      {header + "matrix q 1 1\n1x\n", ":5:"},                       // not a number
-      {header + "bogus 1\n", ":4:"},                                // unknown key
-      {"case a\nkind sdpa\nmask diagonal\n", ":3:"},                // unknown mask
-      {header + good_mats, ":11:"},                                 // missing end (EOF)
-      {header + "matrix q 1 1\n1\nend\n", ":6:"},                   // missing matrices
-      {"kind sdpa\n", ":1:"},                                       // no case line
+      {header + "matrix q 1 2\n1\n", ":5:"},                                  // too few values
+      {header + "matrix q 1 1\n1x\n", ":5:"},                                 // not a number
+      {header + "bogus 1\n", ":4:"},                                          // unknown key
+      {"case a\nkind sdpa\nmask diagonal\n", ":3:"},                          // unknown mask
+      {header + good_mats, ":11:"},                                           // missing end (EOF)
+      {header + "matrix q 1 1\n1\nend\n", ":6:"},                             // missing matrices
+      {"kind sdpa\n", ":1:"},                                                 // no case line
       {header + good_mats + "end\n" + header + good_mats + "end\n", ":13:"},  // duplicate name
   };
   const std::string path = ::testing::TempDir() + "attend_golden_malformed.txt";
@@ -459,8 +457,7 @@ TEST(GoldenLoader, RejectsMalformedInputWithFileAndLine) {
   }
   {
     std::ofstream out(path);
-    out << "# comment\n\n" << header << "scale 0.5\nsoftcap 3\n" << good_mats
-        << "matrix bias 1 1\n-inf\nend\n";
+    out << "# comment\n\n" << header << "scale 0.5\nsoftcap 3\n" << good_mats << "matrix bias 1 1\n-inf\nend\n";
   }
   const auto ok = attend_test::load_golden(path);
   ASSERT_EQ(ok.size(), 1u);

@@ -14,8 +14,8 @@ using attend::Index;
 using attend::Mask;
 using attend::Matrix;
 using attend::Options;
-using attend_test::expect_error;
 using attend::Vector;
+using attend_test::expect_error;
 using attend_test::max_abs_diff;
 using attend_test::random_matrix;
 using attend_test::random_mha;
@@ -29,7 +29,8 @@ attend::MultiHeadLatentAttention<T> random_mla(typename attend::MultiHeadLatentA
   attend::MultiHeadLatentAttention<T> m(c);
   for (auto* lin : {&m.q_proj, &m.q_a_proj, &m.q_b_proj, &m.kv_a_proj_with_mqa, &m.kv_b_proj, &m.o_proj})
     if (lin->weight.size() != 0) randomize(*lin, rng, false);
-  if (c.q_lora_rank > 0) m.q_a_layernorm.weight = Vector<T>(random_matrix<T>(c.q_lora_rank, 1, rng, 0.3)).array() + T(1);
+  if (c.q_lora_rank > 0)
+    m.q_a_layernorm.weight = Vector<T>(random_matrix<T>(c.q_lora_rank, 1, rng, 0.3)).array() + T(1);
   m.kv_a_layernorm.weight = Vector<T>(random_matrix<T>(c.kv_lora_rank, 1, rng, 0.3)).array() + T(1);
   return m;
 }
@@ -72,7 +73,8 @@ TYPED_TEST(Layers, ChunkedDecodingEqualsOneCausalPassForEveryHeadLayout) {
     const Matrix<T> full = layer.forward(x, causal());
     for (std::vector<Index> sizes : {std::vector<Index>{70}, {1, 1, 1, 67}, {5, 64, 1}, {33, 37}}) {
       attend::KVCache<T> cache;
-      const Matrix<T> chunked = in_chunks<T>(x, sizes, [&](const auto& c) { return layer.forward(c, cache, causal()); });
+      const Matrix<T> chunked =
+          in_chunks<T>(x, sizes, [&](const auto& c) { return layer.forward(c, cache, causal()); });
       EXPECT_LE(max_abs_diff(chunked, full), layer_tol<T>()) << heads << "/" << kv;
       EXPECT_EQ(cache.size(), 70);
     }
@@ -89,9 +91,8 @@ TYPED_TEST(Layers, ForwardMatchesTheKernelOnProjections) {
     y.rowwise() += l.bias.transpose();
     return y;
   };
-  const Matrix<double> heads =
-      attend::reference::multi_head_attention(proj(layer.q_proj, x), proj(layer.k_proj, ctx), proj(layer.v_proj, ctx),
-                                              attend::Heads{4, 2});
+  const Matrix<double> heads = attend::reference::multi_head_attention(proj(layer.q_proj, x), proj(layer.k_proj, ctx),
+                                                                       proj(layer.v_proj, ctx), attend::Heads{4, 2});
   const Matrix<double> want = (heads * layer.o_proj.weight.template cast<double>().transpose()).rowwise() +
                               layer.o_proj.bias.template cast<double>().transpose();
   EXPECT_LE(max_abs_diff(layer.forward(x, ctx), want), layer_tol<T>());
@@ -127,8 +128,10 @@ TYPED_TEST(Layers, ToGroupedMeanPoolsEachGroup) {
   const auto gqa = attend::to_grouped(mha, 2);
   ASSERT_EQ(gqa.kv_heads, 2);
   for (int g = 0; g < 2; ++g) {
-    const Matrix<T> mean = (mha.k_proj.weight.middleRows((3 * g) * 4, 4) + mha.k_proj.weight.middleRows((3 * g + 1) * 4, 4) +
-                            mha.k_proj.weight.middleRows((3 * g + 2) * 4, 4)) / T(3);
+    const Matrix<T> mean =
+        (mha.k_proj.weight.middleRows((3 * g) * 4, 4) + mha.k_proj.weight.middleRows((3 * g + 1) * 4, 4) +
+         mha.k_proj.weight.middleRows((3 * g + 2) * 4, 4)) /
+        T(3);
     EXPECT_LE(max_abs_diff(gqa.k_proj.weight.middleRows(g * 4, 4), mean), 1e-6);
   }
   EXPECT_EQ(gqa.q_proj.weight, mha.q_proj.weight);
@@ -143,8 +146,10 @@ struct MlaShape {
 TYPED_TEST(Layers, MlaAbsorbedDecodeEqualsDecompressedForward) {
   using T = TypeParam;
   std::mt19937 rng(25);
-  for (MlaShape s : {MlaShape{0, 8, 4, 8, attend::RopeLayout::interleaved}, {12, 8, 4, 6, attend::RopeLayout::interleaved},
-                     {12, 6, 8, 10, attend::RopeLayout::half_split}, {0, 0, 8, 4, attend::RopeLayout::half_split}}) {
+  for (MlaShape s : {MlaShape{0, 8, 4, 8, attend::RopeLayout::interleaved},
+                     {12, 8, 4, 6, attend::RopeLayout::interleaved},
+                     {12, 6, 8, 10, attend::RopeLayout::half_split},
+                     {0, 0, 8, 4, attend::RopeLayout::half_split}}) {
     typename attend::MultiHeadLatentAttention<T>::Config c;
     c.d_model = 32;
     c.heads = 4;
@@ -158,7 +163,8 @@ TYPED_TEST(Layers, MlaAbsorbedDecodeEqualsDecompressedForward) {
     const auto x = random_matrix<T>(40, 32, rng);
     const Matrix<T> full = mla.forward(x, causal());
     attend::LatentCache<T> cache;
-    const Matrix<T> decoded = in_chunks<T>(x, {1, 7, 1, 31}, [&](const auto& ch) { return mla.forward(ch, cache, causal()); });
+    const Matrix<T> decoded =
+        in_chunks<T>(x, {1, 7, 1, 31}, [&](const auto& ch) { return mla.forward(ch, cache, causal()); });
     EXPECT_LE(max_abs_diff(decoded, full), layer_tol<T>()) << "q_lora " << s.q_lora << " nope " << s.nope;
     EXPECT_EQ(cache.size(), 40);
     EXPECT_EQ(cache.entries().cols(), Index(mla.kv_cache_elements_per_token()));
@@ -259,8 +265,11 @@ TEST(LayerErrors, ConstructorsRejectBadSizes) {
   expect_error([] { attend::MultiHeadAttention<float>(0, 2, 2, 4); }, {"MultiHeadAttention", "d_model is 0"});
   expect_error([] { attend::MultiHeadAttention<float>(8, 4, 3, 4); }, {"heads (4) is not a multiple of kv_heads (3)"});
   expect_error([] { attend::MultiHeadAttention<float>(8, 4, 0, 4); }, {"kv_heads is 0"});
-  expect_error([] { attend::MultiHeadLatentAttention<float>({16, 2, 0, 8, 4, 3, 4}); },
-               {"MultiHeadLatentAttention", "qk_rope_head_dim is 3", "even"});
+  expect_error(
+      [] {
+        attend::MultiHeadLatentAttention<float>({16, 2, 0, 8, 4, 3, 4});
+      },
+      {"MultiHeadLatentAttention", "qk_rope_head_dim is 3", "even"});
   expect_error([] { attend::MultiHeadLatentAttention<float>({16, 2, 0, 0, 4, 2, 4}); }, {"kv_lora_rank is 0"});
 }
 

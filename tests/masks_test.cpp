@@ -39,8 +39,8 @@ TEST(Mask, KeysMatchTheContractRules) {
           EXPECT_LE(0, r.begin);
           EXPECT_LE(r.end, lk);
           for (Index j = 0; j < lk; ++j)
-            EXPECT_EQ(m.visible(i, j, lq, lk), rule(m, i, j, lq, lk)) << m << " i=" << i << " j=" << j << " lq=" << lq
-                                                                      << " lk=" << lk;
+            EXPECT_EQ(m.visible(i, j, lq, lk), rule(m, i, j, lq, lk))
+                << m << " i=" << i << " j=" << j << " lq=" << lq << " lk=" << lk;
         }
 }
 

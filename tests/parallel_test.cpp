@@ -52,7 +52,8 @@ TYPED_TEST(Parallel, BlockwiseCausalWithDiagonalsMergesToOnePass) {
   const Heads h{4, 2};
   const Index n = 50;
   const std::vector<Index> cuts = {0, 13, 14, 31, 50};  // uneven blocks
-  const auto q = random_matrix<T>(n, 4 * 8, rng), k = random_matrix<T>(n, 2 * 8, rng), v = random_matrix<T>(n, 2 * 8, rng);
+  const auto q = random_matrix<T>(n, 4 * 8, rng), k = random_matrix<T>(n, 2 * 8, rng),
+             v = random_matrix<T>(n, 2 * 8, rng);
   for (const Mask& m : {Mask::causal(), Mask::sliding_window(9)}) {
     Options whole;
     whole.mask = m;
@@ -84,7 +85,8 @@ TYPED_TEST(Parallel, LseOfASingleHeadIsTheLogOfTheSoftmaxDenominator) {
   const auto r = attend::scaled_dot_product_attention_with_lse(q, k, v, o);
   EXPECT_NEAR(r.lse(0, 0), std::log(std::exp(2.0) + std::exp(-2.0)), 1e-6);
   o.mask = Mask::causal();  // Lq = 1 < Lk: bottom-right sees both keys; top-left sees only the first
-  EXPECT_NEAR(attend::scaled_dot_product_attention_with_lse(q, k, v, o).lse(0, 0), std::log(std::exp(2.0) + std::exp(-2.0)), 1e-6);
+  EXPECT_NEAR(attend::scaled_dot_product_attention_with_lse(q, k, v, o).lse(0, 0),
+              std::log(std::exp(2.0) + std::exp(-2.0)), 1e-6);
   o.mask = Mask::causal_top_left();
   EXPECT_NEAR(attend::scaled_dot_product_attention_with_lse(q, k, v, o).lse(0, 0), 2.0, 1e-6);
 }

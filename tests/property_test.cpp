@@ -183,9 +183,9 @@ KernelCase<T> random_kernel_case(Rng& r) {
     if (c.lq > 0 && r.chance(0.2)) c.bias.row(r.uniform(0, c.lq - 1)).setConstant(-std::numeric_limits<T>::infinity());
   }
   c.tiles = attend::detail::Tiles{r.uniform(1, 9), r.uniform(1, 17), r.uniform(1, 33)};
-  c.tiles.cut_keys = 1 + c.tiles.decode_chunk % c.tiles.keys;           // no new draw: the seeds keep their cases
-  if (c.tiles.queries % 2 == 1) c.tiles.few_rows = 0;                   // packed products on every tile
-  if (c.tiles.keys % 3 == 0) c.tiles.pack_groups = false;               // key tiles packed one by one
+  c.tiles.cut_keys = 1 + c.tiles.decode_chunk % c.tiles.keys;  // no new draw: the seeds keep their cases
+  if (c.tiles.queries % 2 == 1) c.tiles.few_rows = 0;          // packed products on every tile
+  if (c.tiles.keys % 3 == 0) c.tiles.pack_groups = false;      // key tiles packed one by one
   return c;
 }
 

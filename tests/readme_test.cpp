@@ -61,8 +61,13 @@ TEST(Readme, LayerSnippets) {
 
 TEST(Readme, LatentSnippet) {
   attend::MultiHeadLatentAttention<float>::Config c;
-  c.d_model = 2048; c.heads = 16; c.q_lora_rank = 0; c.kv_lora_rank = 512;
-  c.qk_nope_head_dim = 128; c.qk_rope_head_dim = 64; c.v_head_dim = 128;
+  c.d_model = 2048;
+  c.heads = 16;
+  c.q_lora_rank = 0;
+  c.kv_lora_rank = 512;
+  c.qk_nope_head_dim = 128;
+  c.qk_rope_head_dim = 64;
+  c.v_head_dim = 128;
   attend::MultiHeadLatentAttention<float> mla(c);
   std::mt19937 rng(52);
   const attend::Matrix<float> x = random_matrix<float>(3, 2048, rng);

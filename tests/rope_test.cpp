@@ -39,9 +39,12 @@ TEST(Rope, StartPositionShiftsRowsAndHeadsAreIndependent) {
 TEST(Rope, ScoresDependOnlyOnRelativePosition) {
   std::mt19937 rng(2);
   for (RopeLayout layout : {RopeLayout::interleaved, RopeLayout::half_split}) {
-    const Matrix<double> q = attend_test::random_matrix<double>(1, 16, rng), k = attend_test::random_matrix<double>(1, 16, rng);
-    const double a = attend::apply_rope(q, 16, 7, 10000, layout).row(0).dot(attend::apply_rope(k, 16, 3, 10000, layout).row(0));
-    const double b = attend::apply_rope(q, 16, 104, 10000, layout).row(0).dot(attend::apply_rope(k, 16, 100, 10000, layout).row(0));
+    const Matrix<double> q = attend_test::random_matrix<double>(1, 16, rng),
+                         k = attend_test::random_matrix<double>(1, 16, rng);
+    const double a =
+        attend::apply_rope(q, 16, 7, 10000, layout).row(0).dot(attend::apply_rope(k, 16, 3, 10000, layout).row(0));
+    const double b =
+        attend::apply_rope(q, 16, 104, 10000, layout).row(0).dot(attend::apply_rope(k, 16, 100, 10000, layout).row(0));
     EXPECT_NEAR(a, b, 1e-12);
   }
 }

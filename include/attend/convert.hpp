@@ -107,8 +107,7 @@ MultiHeadLatentAttention<T> to_latent(const MultiHeadAttention<T>& mha, int kv_l
   const Eigen::BDCSVD<Eigen::MatrixXd> svd(detail::stacked_kv_weights(mha), Eigen::ComputeThinU | Eigen::ComputeThinV);
   const Index r = kv_lora_rank;
   mla.kv_a_proj_with_mqa.weight = svd.matrixV().leftCols(r).transpose().template cast<T>();
-  mla.kv_b_proj.weight =
-      (svd.matrixU().leftCols(r) * svd.singularValues().head(r).asDiagonal()).template cast<T>();
+  mla.kv_b_proj.weight = (svd.matrixU().leftCols(r) * svd.singularValues().head(r).asDiagonal()).template cast<T>();
 
   const bool k_bias = mha.k_proj.bias.size() != 0, v_bias = mha.v_proj.bias.size() != 0;
   if (k_bias || v_bias) {

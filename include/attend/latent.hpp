@@ -197,8 +197,8 @@ struct MultiHeadLatentAttention {
     }
     Matrix<T> out_latent(xe.rows(), h_count * r);
     Matrix<T> lse(xe.rows(), h_count);
-    detail::grouped_attention<T>(q_latent, cache.entries(), cache.latent(), nullptr, Heads{c.heads, 1},
-                                 scaled(options), out_latent, &lse);
+    detail::grouped_attention<T>(q_latent, cache.entries(), cache.latent(), nullptr, Heads{c.heads, 1}, scaled(options),
+                                 out_latent, &lse);
 
     // W_UV absorbed into the output: o_h = W_UV_h (sum_j p_j c_j) [+ b_v when the row saw any key, since the
     // weights then sum to 1].
@@ -235,8 +235,7 @@ struct MultiHeadLatentAttention {
     detail::check_linear(fn, "kv_a_proj_with_mqa", kv_a_proj_with_mqa, Index(c.kv_lora_rank) + c.qk_rope_head_dim,
                          c.d_model);
     check_norm(fn, "kv_a_layernorm", kv_a_layernorm, c.kv_lora_rank);
-    detail::check_linear(fn, "kv_b_proj", kv_b_proj, h * (Index(c.qk_nope_head_dim) + c.v_head_dim),
-                         c.kv_lora_rank);
+    detail::check_linear(fn, "kv_b_proj", kv_b_proj, h * (Index(c.qk_nope_head_dim) + c.v_head_dim), c.kv_lora_rank);
     detail::check_linear(fn, "o_proj", o_proj, c.d_model, h * c.v_head_dim);
   }
 
@@ -280,10 +279,9 @@ struct MultiHeadLatentAttention {
   /// [L, heads*(nope+rope)] with RoPE applied to each head's rope features, row r at position start + r.
   Matrix<T> queries(const detail::ConstRowsRef<T>& x, Index start) const {
     const Config& c = config;
-    Matrix<T> q = c.q_lora_rank == 0
-                      ? detail::linear(q_proj.weight, q_proj.bias, x)
-                      : detail::linear(q_b_proj.weight, q_b_proj.bias,
-                                       q_a_layernorm(detail::linear(q_a_proj.weight, q_a_proj.bias, x)));
+    Matrix<T> q = c.q_lora_rank == 0 ? detail::linear(q_proj.weight, q_proj.bias, x)
+                                     : detail::linear(q_b_proj.weight, q_b_proj.bias,
+                                                      q_a_layernorm(detail::linear(q_a_proj.weight, q_a_proj.bias, x)));
     const Index qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
     for (Index h = 0; h < c.heads; ++h)
       detail::rope_slice_in_place<T>(q, h * qk + c.qk_nope_head_dim, c.qk_rope_head_dim, start, c.rope_theta,

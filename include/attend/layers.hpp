@@ -92,8 +92,8 @@ struct RMSNorm {
   Matrix<T> operator()(const Eigen::MatrixBase<Derived>& x) const {
     detail::static_check_scalars<T, Derived>();
     if (weight.size() != 0 && weight.size() != x.cols())
-      detail::fail("RMSNorm", "weight has ", weight.size(), " entries, expected 0 (identity) or ", x.cols(),
-                   " for x ", detail::shape_of(x));
+      detail::fail("RMSNorm", "weight has ", weight.size(), " entries, expected 0 (identity) or ", x.cols(), " for x ",
+                   detail::shape_of(x));
     check_eps("RMSNorm");
     Matrix<T> y = x;
     if (weight.size() == 0) return y;
@@ -191,8 +191,7 @@ struct MultiHeadAttention {
     if (heads < 1) detail::fail(fn, "heads is ", heads, ", expected at least 1");
     if (kv_heads < 1) detail::fail(fn, "kv_heads is ", kv_heads, ", expected at least 1");
     if (head_dim < 1) detail::fail(fn, "head_dim is ", head_dim, ", expected at least 1");
-    if (heads % kv_heads != 0)
-      detail::fail(fn, "heads (", heads, ") is not a multiple of kv_heads (", kv_heads, ")");
+    if (heads % kv_heads != 0) detail::fail(fn, "heads (", heads, ") is not a multiple of kv_heads (", kv_heads, ")");
     q_proj.weight = Matrix<T>::Zero(Index(heads) * head_dim, d_model);
     k_proj.weight = Matrix<T>::Zero(Index(kv_heads) * head_dim, d_model);
     v_proj.weight = Matrix<T>::Zero(Index(kv_heads) * head_dim, d_model);
@@ -281,7 +280,7 @@ struct MultiHeadAttention {
   }
 
   Matrix<T> attend_heads(const detail::ConstRowsRef<T>& q, const detail::ConstRowsRef<T>& k,
-                   const detail::ConstRowsRef<T>& v, const Options& options) const {
+                         const detail::ConstRowsRef<T>& v, const Options& options) const {
     Matrix<T> heads_out(q.rows(), Index(heads) * head_dim);
     detail::grouped_attention<T>(q, k, v, nullptr, Heads{heads, kv_heads}, options, heads_out, nullptr);
     return detail::linear(o_proj.weight, o_proj.bias, heads_out);

@@ -90,8 +90,8 @@ Matrix<double> multi_head_attention(const Eigen::MatrixBase<DQ>& q_in, const Eig
   if (q.rows() == 0 || k.rows() == 0) return out;
   for (int h = 0; h < heads.query; ++h) {
     const int g = h / group;
-    out.middleCols(h * dv, dv) = scaled_dot_product_attention(q.middleCols(h * d, d), k.middleCols(g * d, d),
-                                                              v.middleCols(g * dv, dv), options);
+    out.middleCols(h * dv, dv) =
+        scaled_dot_product_attention(q.middleCols(h * d, d), k.middleCols(g * d, d), v.middleCols(g * dv, dv), options);
   }
   return out;
 }

@@ -24,8 +24,7 @@ namespace attend {
 /// \pre d >= 1 and the shapes above; options valid (finite scale > 0, softcap >= 0, window >= 1).
 /// \throws attend::shape_error before any work when a precondition fails.
 template <class DQ, class DK, class DV>
-Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q,
-                                                         const Eigen::MatrixBase<DK>& k,
+Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                                                          const Eigen::MatrixBase<DV>& v, const Options& options = {}) {
   using T = typename DQ::Scalar;
   detail::static_check_scalars<T, DK, DV>();
@@ -43,8 +42,7 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase
 /// **Shapes:** (Lq,d) x (Lk,d) x (Lk,dv) x (Lq,Lk) => (Lq,dv)
 /// \throws attend::shape_error as above, and when bias is not [Lq, Lk].
 template <class DQ, class DK, class DV, class DB>
-Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q,
-                                                         const Eigen::MatrixBase<DK>& k,
+Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                                                          const Eigen::MatrixBase<DV>& v,
                                                          const Eigen::MatrixBase<DB>& bias,
                                                          const Options& options = {}) {

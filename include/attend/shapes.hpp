@@ -33,7 +33,9 @@ struct Shape {
   Index cols;
 };
 
-inline std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << '[' << s.rows << ", " << s.cols << ']'; }
+inline std::ostream& operator<<(std::ostream& os, const Shape& s) {
+  return os << '[' << s.rows << ", " << s.cols << ']';
+}
 
 template <class Derived>
 Shape shape_of(const Eigen::EigenBase<Derived>& m) {

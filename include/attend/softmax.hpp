@@ -4,7 +4,6 @@
 
 #include <cmath>
 #include <limits>
-
 #include <vector>
 
 #include "attend/detail/blocked_attention.hpp"

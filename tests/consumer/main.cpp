@@ -1,18 +1,14 @@
 // A downstream program: includes the umbrella header and runs one attention call.
 #include <attend/attend.hpp>
-
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 
 int main() {
   attend::Matrix<float> q(2, 2), k(2, 2), v(2, 2);
-  q << 1, 0,
-       0, 1;
-  k << 1, 0,
-       0, 1;
-  v << 1, 2,
-       3, 4;
+  q << 1, 0, 0, 1;
+  k << 1, 0, 0, 1;
+  v << 1, 2, 3, 4;
   const attend::Matrix<float> out = attend::scaled_dot_product_attention(q, k, v);
 
   std::printf("attend %s\n", attend::version_string);
@@ -34,8 +30,7 @@ int main() {
   for (int i = 0; i < 2; ++i) {
     for (int j = 0; j < 2; ++j) {
       if (std::abs(static_cast<double>(out(i, j)) - expected[i][j]) > 1e-5) {
-        std::printf("FAIL: out(%d,%d) = %.7f, expected %.7f\n", i, j, static_cast<double>(out(i, j)),
-                    expected[i][j]);
+        std::printf("FAIL: out(%d,%d) = %.7f, expected %.7f\n", i, j, static_cast<double>(out(i, j)), expected[i][j]);
         return 1;
       }
     }

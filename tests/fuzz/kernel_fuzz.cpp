@@ -118,9 +118,9 @@ Problem<T> decode(Reader& in, std::uint8_t flags, bool non_finite) {
   p.tiles = attend::detail::Tiles{1 + in.byte() % 8, 1 + in.byte() % 16, 1 + in.byte() % 32};
   // Derived from bytes already read, so the corpus keeps its meaning.
   p.tiles.cut_keys = 1 + p.tiles.decode_chunk % p.tiles.keys;
-  if (p.tiles.queries % 2 == 1) p.tiles.few_rows = 0;                   // packed products on every tile
-  if (p.tiles.keys % 3 == 0) p.tiles.pack_groups = false;               // key tiles packed one by one
-  const double magnitude = std::exp2(in.signed_byte() / 8 / 2.0);       // 2^-8 .. 2^8 for q and k
+  if (p.tiles.queries % 2 == 1) p.tiles.few_rows = 0;              // packed products on every tile
+  if (p.tiles.keys % 3 == 0) p.tiles.pack_groups = false;          // key tiles packed one by one
+  const double magnitude = std::exp2(in.signed_byte() / 8 / 2.0);  // 2^-8 .. 2^8 for q and k
   p.q.resize(p.lq, p.heads.query * p.d);
   p.k.resize(p.lk, p.heads.kv * p.d);
   p.v.resize(p.lk, p.heads.kv * p.dv);

@@ -62,8 +62,7 @@ void check_multi_head(const char* fn, const Q& q, const K& k, const V& v, Heads 
 
 template <class O>
 void check_output(const char* fn, const O& out, Index rows, Index cols) {
-  if (out.rows() != rows || out.cols() != cols)
-    fail(fn, "out is ", shape_of(out), ", expected ", Shape{rows, cols});
+  if (out.rows() != rows || out.cols() != cols) fail(fn, "out is ", shape_of(out), ", expected ", Shape{rows, cols});
 }
 
 }  // namespace attend::detail
