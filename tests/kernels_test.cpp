@@ -7,6 +7,7 @@
 #include <limits>
 #include <random>
 
+#include "kernel_seam.hpp"
 #include "test_util.hpp"
 
 using attend::Heads;
@@ -137,19 +138,22 @@ TYPED_TEST(Kernels, ScaledDotProductMatchesReferenceAroundTileSizes) {
 TYPED_TEST(Kernels, BlockedKernelWithSmallTiles) {
   using T = TypeParam;
   std::mt19937 rng(11);
-  attend::detail::Tiles tiles{4, 8, 8, 8, 3};
-  for (Index few_rows : {16, 0}) {  // matrix-vector products on unpacked rows; packed products on every tile
-    tiles.few_rows = few_rows;
+  for (Index few_rows : {16, 0}) {  // products on unpacked rows; packed products on every tile
+    const auto tiles = attend_test::tiles()
+                           .with_queries(4)
+                           .with_keys(8)
+                           .with_decode_chunk(8)
+                           .with_few_rows_keys(8)
+                           .with_cut_keys(3)
+                           .with_few_rows(few_rows);
     for (Index lq : {1, 3, 4, 5, 14})
       for (Index lk : {1, 7, 8, 9, 26})
         for (const Mask& m : kMasks)
           for (Heads h : {Heads{1, 1}, Heads{4, 2}, Heads{3, 1}}) {
             const auto q = random_matrix<T>(lq, h.query * 5, rng), k = random_matrix<T>(lk, h.kv * 5, rng);
             const auto v = random_matrix<T>(lk, h.kv * 3, rng);
-            Matrix<T> got(lq, h.query * 3);
-            Matrix<T> lse(lq, h.query);
-            const attend::detail::ConstRowsRef<T> qr(q), kr(k), vr(v);
-            attend::detail::grouped_attention<T>(qr, kr, vr, nullptr, h, with_mask(m), got, &lse, tiles);
+            Matrix<T> lse;
+            const Matrix<T> got = attend_test::kernel(q, k, v, h, with_mask(m), tiles, nullptr, &lse);
             const Matrix<double> want = attend::reference::multi_head_attention(q, k, v, h, with_mask(m));
             ASSERT_LE(max_abs_diff(got, want), tolerance<T>())
                 << "lq=" << lq << " lk=" << lk << " mask=" << m << " heads " << h.query << "/" << h.kv
@@ -180,7 +184,9 @@ TYPED_TEST(Kernels, BlockedKernelWithSmallTiles) {
 TYPED_TEST(Kernels, DecodeWalksKeyRowsThroughEveryGroup) {
   using T = TypeParam;
   std::mt19937 rng(19);
-  const attend::detail::Tiles tiles{64, 64, 100, 37, 16};
+  const auto tiles =
+      attend_test::tiles().with_queries(64).with_keys(64).with_decode_chunk(100).with_few_rows_keys(37).with_cut_keys(
+          16);
   for (Index lq : {1, 2, 4})
     for (Index lk : {101, 250})
       for (const Mask& m : kMasks)
@@ -192,10 +198,7 @@ TYPED_TEST(Kernels, DecodeWalksKeyRowsThroughEveryGroup) {
             Matrix<T> bias = random_matrix<T>(lq, lk, rng);
             bias.col(3).setConstant(-std::numeric_limits<T>::infinity());
             bias(0, lk - 1) = -std::numeric_limits<T>::infinity();
-            const attend::detail::ConstRowsRef<T> qr(q), kr(k), vr(v), br(bias);
-            Matrix<T> got(lq, h.query * dv);
-            attend::detail::grouped_attention<T>(qr, kr, vr, with_bias ? &br : nullptr, h, with_mask(m), got, nullptr,
-                                                 tiles);
+            const Matrix<T> got = attend_test::kernel(q, k, v, h, with_mask(m), tiles, with_bias ? &bias : nullptr);
             const Matrix<double> bias_d = bias.template cast<double>();
             const int stack = h.query / h.kv;
             for (int head = 0; head < h.query; ++head) {
@@ -217,17 +220,20 @@ TYPED_TEST(Kernels, DecodeWalksKeyRowsThroughEveryGroup) {
 TYPED_TEST(Kernels, PackedGroupsGiveTheSameBitsAsPackedTiles) {
   using T = TypeParam;
   std::mt19937 rng(17);
-  attend::detail::Tiles groups{8, 8, 8, 8, 4}, per_tile = groups;
-  groups.few_rows = per_tile.few_rows = 0;
-  per_tile.pack_groups = false;
+  const auto groups = attend_test::tiles()
+                          .with_queries(8)
+                          .with_keys(8)
+                          .with_decode_chunk(8)
+                          .with_few_rows_keys(8)
+                          .with_cut_keys(4)
+                          .with_few_rows(0);
+  const auto per_tile = attend_test::Tiles(groups).with_pack_groups(false);
   for (const Mask& m : kMasks)
     for (Heads h : {Heads{4, 4}, Heads{4, 2}, Heads{6, 3}, Heads{8, 8}}) {
       const auto q = random_matrix<T>(37, h.query * 5, rng), k = random_matrix<T>(41, h.kv * 5, rng);
       const auto v = random_matrix<T>(41, h.kv * 3, rng);
-      const attend::detail::ConstRowsRef<T> qr(q), kr(k), vr(v);
-      Matrix<T> a(37, h.query * 3), b(37, h.query * 3);
-      attend::detail::grouped_attention<T>(qr, kr, vr, nullptr, h, with_mask(m), a, nullptr, groups);
-      attend::detail::grouped_attention<T>(qr, kr, vr, nullptr, h, with_mask(m), b, nullptr, per_tile);
+      const Matrix<T> a = attend_test::kernel(q, k, v, h, with_mask(m), groups);
+      const Matrix<T> b = attend_test::kernel(q, k, v, h, with_mask(m), per_tile);
       ASSERT_EQ(a, b) << "mask=" << m << " heads " << h.query << "/" << h.kv;
       ASSERT_LE(max_abs_diff(a, attend::reference::multi_head_attention(q, k, v, h, with_mask(m))), tolerance<T>());
     }
@@ -416,11 +422,11 @@ TYPED_TEST(Kernels, HiddenNonFiniteKeysNeverReachOutputs) {
   v(8, 2) = std::numeric_limits<T>::infinity();
   const Options o = with_mask(Mask::causal());
   const Matrix<T> out = attend::scaled_dot_product_attention(q, k, v, o);
-  EXPECT_TRUE(out.topRows(8).allFinite());           // rows 0..7 cannot see keys 8 and 9
-  const attend::detail::Tiles small{4, 4, 4, 4, 2};  // and when the hidden keys share a tile with visible ones
-  Matrix<T> tiled(10, 3);
-  const attend::detail::ConstRowsRef<T> qr(q), kr(k), vr(v);
-  attend::detail::grouped_attention<T>(qr, kr, vr, nullptr, Heads{1, 1}, o, tiled, nullptr, small);
+  EXPECT_TRUE(out.topRows(8).allFinite());  // rows 0..7 cannot see keys 8 and 9
+  // and when the hidden keys share a tile with visible ones
+  const auto small =
+      attend_test::tiles().with_queries(4).with_keys(4).with_decode_chunk(4).with_few_rows_keys(4).with_cut_keys(2);
+  const Matrix<T> tiled = attend_test::kernel(q, k, v, Heads{1, 1}, o, small);
   EXPECT_TRUE(tiled.topRows(8).allFinite());
   // A -inf bias hides values the same way. (Not keys: an infinite key score plus a -inf bias is NaN, as in
   // PyTorch; the contract promises that only for keys hidden by the Mask.)

@@ -12,6 +12,7 @@
 #include <random>
 #include <vector>
 
+#include "kernel_seam.hpp"
 #include "test_util.hpp"
 
 using attend::Heads;
@@ -20,9 +21,11 @@ using attend::Mask;
 using attend::Matrix;
 using attend::Options;
 using attend::Vector;
+using attend_test::kernel;
 using attend_test::max_abs_diff;
 using attend_test::random_matrix;
 using attend_test::random_mha;
+using attend_test::tiles;
 using attend_test::tolerance;
 
 namespace {
@@ -44,21 +47,6 @@ Options with(Mask m, std::optional<double> scale = std::nullopt, double softcap 
   return o;
 }
 
-// The blocked kernel with explicit tiles, as every public multi-head function calls it.
-template <class T>
-Matrix<T> blocked(const Matrix<T>& q, const Matrix<T>& k, const Matrix<T>& v, Heads h, const Options& o,
-                  attend::detail::Tiles tiles, Matrix<T>* lse = nullptr, const Matrix<T>* bias = nullptr) {
-  Matrix<T> out(q.rows(), v.cols() / h.kv * h.query);
-  const attend::detail::ConstRowsRef<T> qr(q), kr(k), vr(v);
-  if (bias) {
-    const attend::detail::ConstRowsRef<T> br(*bias);
-    attend::detail::grouped_attention<T>(qr, kr, vr, &br, h, o, out, lse, tiles);
-  } else {
-    attend::detail::grouped_attention<T>(qr, kr, vr, nullptr, h, o, out, lse, tiles);
-  }
-  return out;
-}
-
 // Every way the kernel can be entered for multi-head inputs: the public function (default tiles, which take the
 // split-key decode path for short queries over more than 1024 keys) and small tiles that cut everything.
 template <class T>
@@ -70,11 +58,11 @@ paths() {
                     const Options& o) { return attend::multi_head_attention(q, k, v, h, o); }},
       {"tiles 4x8, chunks of 16",
        [](const Matrix<T>& q, const Matrix<T>& k, const Matrix<T>& v, Heads h, const Options& o) {
-         return blocked<T>(q, k, v, h, o, {4, 8, 16});
+         return kernel<T>(q, k, v, h, o, tiles().with_queries(4).with_keys(8).with_decode_chunk(16));
        }},
       {"tiles 1x1, chunks of 3",
        [](const Matrix<T>& q, const Matrix<T>& k, const Matrix<T>& v, Heads h, const Options& o) {
-         return blocked<T>(q, k, v, h, o, {1, 1, 3});
+         return kernel<T>(q, k, v, h, o, tiles().with_queries(1).with_keys(1).with_decode_chunk(3));
        }},
   };
 }
@@ -155,7 +143,8 @@ TYPED_TEST(Numerics, BiasAndSoftcapAtTenThousand) {
   const Matrix<T> out = attend::scaled_dot_product_attention(q, k, v, bias);
   for (Index i = 0; i < 5; ++i) EXPECT_LE(max_abs_diff(out.row(i), v.row((2 * i) % 7)), tolerance<T>()) << "row " << i;
   const Matrix<double> bias_d = bias.template cast<double>();
-  Matrix<T> got = blocked<T>(q, k, v, Heads{1, 1}, Options{}, {2, 2, 2}, nullptr, &bias);
+  Matrix<T> got =
+      kernel<T>(q, k, v, Heads{1, 1}, Options{}, tiles().with_queries(2).with_keys(2).with_decode_chunk(2), &bias);
   EXPECT_LE(max_abs_diff(got, attend::reference::scaled_dot_product_attention(q, k, v, Options{}, &bias_d)),
             tolerance<T>());
   // Softcap 30 with scale 1e4: raw scores of ~1e4 become 30 tanh(s / 30), within [-30, 30]. Saturated scores
@@ -365,7 +354,8 @@ TYPED_TEST(Numerics, RowsWithoutVisibleKeysAreZeroOnEveryPath) {
   bias.row(2).setConstant(-inf<T>());
   const Options capped = with(Mask::none(), std::nullopt, 2.0);
   Matrix<T> lse(5, 1);
-  const Matrix<T> tiled = blocked<T>(q1, k1, v1, Heads{1, 1}, capped, {2, 8, 8}, &lse, &bias);
+  const Matrix<T> tiled = kernel<T>(q1, k1, v1, Heads{1, 1}, capped,
+                                    tiles().with_queries(2).with_keys(8).with_decode_chunk(8), &bias, &lse);
   EXPECT_TRUE(tiled.row(2).isZero(0));
   EXPECT_EQ(lse(2, 0), -inf<T>());
   EXPECT_TRUE(attend::scaled_dot_product_attention(q1, k1, v1, bias, capped).row(2).isZero(0));
@@ -415,7 +405,8 @@ TYPED_TEST(Numerics, DenormalInputs) {
     const Matrix<double> want = attend::reference::scaled_dot_product_attention(q, k, vd, o);
     EXPECT_LE(max_abs_diff(small.template cast<double>() / double(t), want / double(t)), 1e-3) << m;
     EXPECT_GT(small.cwiseAbs().maxCoeff(), T(0));
-    const Matrix<T> tiled = blocked<T>(q, k, vd, Heads{1, 1}, o, {2, 2, 2});
+    const Matrix<T> tiled =
+        kernel<T>(q, k, vd, Heads{1, 1}, o, tiles().with_queries(2).with_keys(2).with_decode_chunk(2));
     EXPECT_LE(max_abs_diff(tiled.template cast<double>() / double(t), want / double(t)), 1e-3) << m;
   }
   // A denormal (but positive, finite) scale: every score ~0, uniform weights.
@@ -478,7 +469,9 @@ TYPED_TEST(Numerics, OneQueryAndHeadDimOneMatchTheReference) {
             ASSERT_LE(max_abs_diff(attend::multi_head_attention(q, k, v, h, o), want), tolerance<T>())
                 << "d " << d << " lq " << lq << " lk " << lk << " heads " << h.query << "/" << h.kv << " " << m;
             if (lq * lk <= 3000) {
-              ASSERT_LE(max_abs_diff(blocked<T>(q, k, v, h, o, {3, 4, 5}), want), tolerance<T>())
+              ASSERT_LE(max_abs_diff(
+                            kernel<T>(q, k, v, h, o, tiles().with_queries(3).with_keys(4).with_decode_chunk(5)), want),
+                        tolerance<T>())
                   << "small tiles d " << d << " lq " << lq << " lk " << lk << " " << m;
             }
           }

@@ -26,6 +26,7 @@
 #include <omp.h>
 #endif
 
+#include "kernel_seam.hpp"
 #include "test_util.hpp"
 
 using attend::Heads;
@@ -124,6 +125,19 @@ std::string describe(const Options& o) {
   return os.str();
 }
 
+// Random small tiles: queries, keys and decode chunk drawn from the given ranges, the rest derived from them (no
+// new draw, so the seeds keep their cases): cut tiles, packed products on every tile for odd query tiles, key tiles
+// packed one by one for key tiles that are multiples of 3.
+attend_test::Tiles random_tiles(Rng& r, Index q_lo, Index q_hi, Index k_lo, Index k_hi, Index c_lo, Index c_hi) {
+  const Index queries = r.uniform(q_lo, q_hi), keys = r.uniform(k_lo, k_hi), chunk = r.uniform(c_lo, c_hi);
+  attend_test::Tiles t =
+      attend_test::tiles().with_queries(queries).with_keys(keys).with_decode_chunk(chunk).with_cut_keys(1 +
+                                                                                                        chunk % keys);
+  if (queries % 2 == 1) t.with_few_rows(0);
+  if (keys % 3 == 0) t.with_pack_groups(false);
+  return t;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Kernel cases.
 
@@ -135,13 +149,13 @@ struct KernelCase {
   Matrix<T> q, k, v;
   bool has_bias = false;
   Matrix<T> bias;  // [lq, lk], shared by all heads
-  attend::detail::Tiles tiles;
+  attend_test::Tiles tiles;
 
   std::string describe() const {
     std::ostringstream os;
     os << "lq " << lq << ", lk " << lk << ", d " << d << ", dv " << dv << ", heads " << heads.query << "/" << heads.kv
-       << ", " << ::describe(options) << ", bias " << (has_bias ? "yes" : "no") << ", tiles " << tiles.queries << "x"
-       << tiles.keys << " chunk " << tiles.decode_chunk;
+       << ", " << ::describe(options) << ", bias " << (has_bias ? "yes" : "no") << ", tiles " << tiles.queries() << "x"
+       << tiles.keys() << " chunk " << tiles.decode_chunk();
     return os.str();
   }
 };
@@ -182,10 +196,7 @@ KernelCase<T> random_kernel_case(Rng& r) {
       if (r.chance(0.1)) c.bias.data()[i] = -std::numeric_limits<T>::infinity();
     if (c.lq > 0 && r.chance(0.2)) c.bias.row(r.uniform(0, c.lq - 1)).setConstant(-std::numeric_limits<T>::infinity());
   }
-  c.tiles = attend::detail::Tiles{r.uniform(1, 9), r.uniform(1, 17), r.uniform(1, 33)};
-  c.tiles.cut_keys = 1 + c.tiles.decode_chunk % c.tiles.keys;  // no new draw: the seeds keep their cases
-  if (c.tiles.queries % 2 == 1) c.tiles.few_rows = 0;          // packed products on every tile
-  if (c.tiles.keys % 3 == 0) c.tiles.pack_groups = false;      // key tiles packed one by one
+  c.tiles = random_tiles(r, 1, 9, 1, 17, 1, 33);
   return c;
 }
 
@@ -276,16 +287,8 @@ template <class T>
 }
 
 template <class T>
-Matrix<T> run_blocked(const KernelCase<T>& c, const attend::detail::Tiles& tiles, Matrix<T>* lse = nullptr) {
-  Matrix<T> out(c.lq, c.heads.query * c.dv);
-  const attend::detail::ConstRowsRef<T> q(c.q), k(c.k), v(c.v);
-  if (c.has_bias) {
-    const attend::detail::ConstRowsRef<T> b(c.bias);
-    attend::detail::grouped_attention<T>(q, k, v, &b, c.heads, c.options, out, lse, tiles);
-  } else {
-    attend::detail::grouped_attention<T>(q, k, v, nullptr, c.heads, c.options, out, lse, tiles);
-  }
-  return out;
+Matrix<T> run_blocked(const KernelCase<T>& c, const attend_test::Tiles& tiles, Matrix<T>* lse = nullptr) {
+  return attend_test::kernel(c.q, c.k, c.v, c.heads, c.options, tiles, c.has_bias ? &c.bias : nullptr, lse);
 }
 
 // One kernel case through every public function that accepts it and the blocked kernel with small tiles.
@@ -314,7 +317,7 @@ void check_kernel_case(const KernelCase<T>& c, Rng& r) {
       // The naive path (materialized weights times values) agrees with the blocked one.
       ASSERT_LE(max_abs_diff(Matrix<T>(w * c.v), want), tol) << "weights * v";
     } else {
-      ASSERT_LE(max_abs_diff(run_blocked(c, attend::detail::Tiles{}), want), tol)
+      ASSERT_LE(max_abs_diff(run_blocked(c, attend_test::tiles()), want), tol)
           << "blocked kernel, default tiles, shared bias";
     }
     return;  // no other public function takes a bias
@@ -426,10 +429,7 @@ KernelCase<T> random_threaded_case(Rng& r) {
   c.v = r.matrix<T>(c.lk, c.heads.kv * c.dv, 1.0);
   c.has_bias = r.chance(0.25);
   if (c.has_bias) c.bias = r.matrix<T>(c.lq, c.lk, 1.0);
-  c.tiles = attend::detail::Tiles{r.uniform(8, 64), r.uniform(8, 64), r.uniform(64, 512)};
-  c.tiles.cut_keys = 1 + c.tiles.decode_chunk % c.tiles.keys;
-  if (c.tiles.queries % 2 == 1) c.tiles.few_rows = 0;
-  if (c.tiles.keys % 3 == 0) c.tiles.pack_groups = false;
+  c.tiles = random_tiles(r, 8, 64, 8, 64, 64, 512);
   return c;
 }
 
@@ -443,7 +443,7 @@ TYPED_TEST(Property, OneAndTwoThreadsAgreeBitForBit) {
     Matrix<T> out[2], tiled[2], lse[2];
     for (int t : {0, 1}) {
       omp_set_num_threads(t + 1);
-      out[t] = c.has_bias ? run_blocked(c, attend::detail::Tiles{})
+      out[t] = c.has_bias ? run_blocked(c, attend_test::tiles())
                           : attend::multi_head_attention(c.q, c.k, c.v, c.heads, c.options);
       lse[t] = Matrix<T>(c.lq, c.heads.query);
       tiled[t] = run_blocked(c, c.tiles, &lse[t]);

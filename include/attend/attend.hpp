@@ -1,14 +1,37 @@
 #pragma once
 /// \file
-/// Umbrella header: everything attend offers.
+/// Umbrella header: everything attend offers (ring attention over MPI is separate: <attend/mpi.hpp>).
+///
+/// Concept -> header:
+///
+///   scaled dot-product attention, attention_weights     scaled_dot_product.hpp
+///   multi-head (MHA), grouped-query (GQA), multi-query (MQA) attention   multi_head.hpp
+///   masks (causal, top-left causal, sliding window)      masks.hpp
+///   options: scale, softcap, mask; the default scale     options.hpp
+///   results with log-sum-exp, merge_attention            result.hpp
+///   softmax of a score matrix                            softmax.hpp
+///   Linear, RMSNorm                                      linear.hpp
+///   MultiHeadAttention (MHA/GQA/MQA layer)               layers.hpp
+///   MultiHeadLatentAttention (DeepSeek MLA)              latent.hpp
+///   KVCache, LatentCache                                 caches.hpp
+///   MHA -> GQA (to_grouped), MHA -> MLA (to_latent)      convert.hpp
+///   rotary position embedding                            rope.hpp
+///   the double-precision oracle                          reference.hpp
+///   shape_error, Matrix, Vector, Heads                   errors.hpp, shapes.hpp
+///   the kernel itself (tiles, mainloops, schedules)      detail/attention.hpp has its map
+///   ring attention across processes                      mpi.hpp (not included here)
 
+#include "attend/caches.hpp"
 #include "attend/convert.hpp"
 #include "attend/errors.hpp"
 #include "attend/latent.hpp"
 #include "attend/layers.hpp"
+#include "attend/linear.hpp"
 #include "attend/masks.hpp"
 #include "attend/multi_head.hpp"
+#include "attend/options.hpp"
 #include "attend/reference.hpp"
+#include "attend/result.hpp"
 #include "attend/rope.hpp"
 #include "attend/scaled_dot_product.hpp"
 #include "attend/shapes.hpp"

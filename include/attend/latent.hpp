@@ -11,76 +11,17 @@
 #include <cmath>
 #include <cstddef>
 
-#include "attend/detail/blocked_attention.hpp"
+#include "attend/caches.hpp"
+#include "attend/detail/attention.hpp"
 #include "attend/detail/checks.hpp"
+#include "attend/detail/problem.hpp"
 #include "attend/errors.hpp"
-#include "attend/layers.hpp"
-#include "attend/masks.hpp"
+#include "attend/linear.hpp"
+#include "attend/options.hpp"
 #include "attend/rope.hpp"
 #include "attend/shapes.hpp"
 
 namespace attend {
-
-/// What MultiHeadLatentAttention caches per token: the normalized latent c_KV (kv_lora_rank numbers) followed
-/// by the roped shared key (qk_rope_head_dim numbers). Storage grows by doubling.
-template <class T>
-class LatentCache {
- public:
-  LatentCache() = default;
-
-  /// Tokens held.
-  Index size() const { return size_; }
-  /// Tokens that fit before the storage grows.
-  Index capacity() const { return data_.rows(); }
-  /// Forgets every token (keeps the storage); the cache can then serve a layer of any size.
-  void clear() { size_ = 0; }
-  /// Makes room for `tokens` tokens of a layer with these widths, so decoding up to that length never
-  /// reallocates. Throws shape_error for a negative argument or if the cache holds tokens of other widths.
-  void reserve(Index tokens, Index latent_width, Index rope_width) {
-    constexpr const char* fn = "LatentCache::reserve";
-    if (tokens < 0 || latent_width < 0 || rope_width < 0)
-      detail::fail(fn, "tokens ", tokens, ", latent_width ", latent_width, " and rope_width ", rope_width,
-                   " must not be negative");
-    check_widths(fn, latent_width, rope_width);
-    if (size_ == 0) {
-      data_.resize(0, latent_width + rope_width);
-      latent_ = latent_width;
-    }
-    detail::grow_rows(data_, size_, tokens);
-  }
-
-  /// [size, kv_lora_rank + qk_rope_head_dim]: each token's latent then its shared rope key (a view, valid until
-  /// the next append). These rows are the keys of absorbed attention.
-  detail::ConstRowsRef<T> entries() const { return detail::first_rows(data_, size_); }
-  /// [size, kv_lora_rank]: the normalized latents, which are also the values of absorbed attention.
-  detail::ConstRowsRef<T> latent() const { return entries().leftCols(latent_); }
-  /// [size, qk_rope_head_dim]: the roped shared keys.
-  detail::ConstRowsRef<T> rope_keys() const { return entries().rightCols(data_.cols() - latent_); }
-
-  /// Throws shape_error naming `fn` when tokens already held have other widths than a layer's.
-  void check_widths(const char* fn, Index latent_width, Index rope_width) const {
-    if (size_ > 0 && (latent_ != latent_width || data_.cols() - latent_ != rope_width))
-      detail::fail(fn, "cache holds latents of ", latent_, " and rope keys of ", data_.cols() - latent_,
-                   " features per token, expected kv_lora_rank ", latent_width, " and qk_rope_head_dim ", rope_width,
-                   " (it was filled by a layer of other sizes)");
-  }
-
-  /// Appends rows [latent, rope key] of new tokens (widths checked by the caller).
-  void append(const Matrix<T>& rows, Index latent_width) {
-    if (size_ == 0 && (data_.cols() != rows.cols() || latent_ != latent_width)) {
-      data_.resize(0, rows.cols());
-      latent_ = latent_width;
-    }
-    detail::grow_rows(data_, size_, size_ + rows.rows());
-    data_.middleRows(size_, rows.rows()) = rows;
-    size_ += rows.rows();
-  }
-
- private:
-  Matrix<T> data_;
-  Index latent_ = 0;
-  Index size_ = 0;
-};
 
 /// DeepSeek-V2 multi-head latent attention.
 ///
@@ -152,7 +93,9 @@ struct MultiHeadLatentAttention {
       v.middleCols(h * dv, dv) = kv.middleCols(h * (nope + dv) + nope, dv);
     }
     Matrix<T> heads_out(xe.rows(), h_count * dv);
-    detail::grouped_attention<T>(q, k, v, nullptr, Heads{c.heads, c.heads}, scaled(options), heads_out, nullptr);
+    const detail::ConstRowsRef<T> qe(q), ke(k), ve(v);
+    detail::attention(detail::make_problem(qe, ke, ve, nullptr, Heads{c.heads, c.heads}, scaled(options)), heads_out,
+                      nullptr);
     return detail::linear(o_proj.weight, o_proj.bias, heads_out);
   }
 
@@ -197,8 +140,8 @@ struct MultiHeadLatentAttention {
     }
     Matrix<T> out_latent(xe.rows(), h_count * r);
     Matrix<T> lse(xe.rows(), h_count);
-    detail::grouped_attention<T>(q_latent, cache.entries(), cache.latent(), nullptr, Heads{c.heads, 1}, scaled(options),
-                                 out_latent, &lse);
+    const detail::ConstRowsRef<T> qe(q_latent), ke(cache.entries()), ve(cache.latent());
+    detail::attention(detail::make_problem(qe, ke, ve, nullptr, Heads{c.heads, 1}, scaled(options)), out_latent, &lse);
 
     // W_UV absorbed into the output: o_h = W_UV_h (sum_j p_j c_j) [+ b_v when the row saw any key, since the
     // weights then sum to 1].

@@ -1,178 +1,20 @@
 #pragma once
 /// \file
-/// Layers with weights, in torch.nn.Linear layout: Linear, RMSNorm, and MultiHeadAttention (one class for MHA,
-/// GQA and MQA) with its KVCache for incremental decoding.
+/// The multi-head attention layer: MultiHeadAttention, one class for MHA, GQA and MQA, with projections in
+/// torch.nn.Linear layout, self- and cross-attention, and incremental decoding through a KVCache.
 
-#include <algorithm>
-#include <cmath>
 #include <cstddef>
 
-#include "attend/detail/blocked_attention.hpp"
+#include "attend/caches.hpp"
+#include "attend/detail/attention.hpp"
 #include "attend/detail/checks.hpp"
+#include "attend/detail/problem.hpp"
 #include "attend/errors.hpp"
-#include "attend/masks.hpp"
+#include "attend/linear.hpp"
+#include "attend/options.hpp"
 #include "attend/shapes.hpp"
 
 namespace attend {
-
-namespace detail {
-
-/// Checks that `lin` maps `in` features to `out` features (bias empty or of size out).
-template <class L>
-void check_linear(const char* fn, const char* name, const L& lin, Index out, Index in) {
-  if (lin.weight.rows() != out || lin.weight.cols() != in)
-    fail(fn, name, ".weight is ", shape_of(lin.weight), ", expected ", Shape{out, in}, " [out_features, in_features]");
-  if (lin.bias.size() != 0 && lin.bias.size() != out)
-    fail(fn, name, ".bias has ", lin.bias.size(), " entries, expected 0 (no bias) or ", out);
-}
-
-template <class X>
-void check_input(const char* fn, const char* name, const X& x, Index cols) {
-  if (x.cols() != cols) fail(fn, name, " is ", shape_of(x), ", expected ", cols, " columns (d_model)");
-}
-
-template <class T, class Derived>
-Matrix<T> linear(const Matrix<T>& weight, const Vector<T>& bias, const Eigen::MatrixBase<Derived>& x) {
-  Matrix<T> y(x.rows(), weight.rows());
-  y.noalias() = x * weight.transpose();
-  if (bias.size() != 0) y.rowwise() += bias.transpose();
-  return y;
-}
-
-/// Rows [0, size) of a growing row buffer, bound without a copy.
-template <class T>
-ConstRowsRef<T> first_rows(const Matrix<T>& m, Index size) {
-  return ConstRowsRef<T>(m.topRows(size));
-}
-
-/// Grows `m` to hold at least `rows` rows, doubling so that n appends copy O(n) rows in total.
-template <class T>
-void grow_rows(Matrix<T>& m, Index used, Index rows) {
-  if (rows <= m.rows()) return;
-  Matrix<T> bigger(std::max({rows, 2 * m.rows(), Index(16)}), m.cols());
-  bigger.topRows(used) = m.topRows(used);
-  m.swap(bigger);
-}
-
-}  // namespace detail
-
-/// A fully connected layer as torch.nn.Linear: y = x W^T + b, W is [out_features, in_features], an empty bias
-/// means none.
-template <class T>
-struct Linear {
-  Matrix<T> weight;
-  Vector<T> bias;
-
-  /// **Shapes:** (L,in) => (L,out)
-  /// \throws attend::shape_error when x's columns differ from in_features or the bias size is wrong.
-  template <class Derived>
-  Matrix<T> operator()(const Eigen::MatrixBase<Derived>& x) const {
-    detail::static_check_scalars<T, Derived>();
-    if (x.cols() != weight.cols())
-      detail::fail("Linear", "x is ", detail::shape_of(x), ", expected ", weight.cols(), " columns (weight is ",
-                   detail::shape_of(weight), ")");
-    if (bias.size() != 0 && bias.size() != weight.rows())
-      detail::fail("Linear", "bias has ", bias.size(), " entries, expected 0 (no bias) or ", weight.rows());
-    return detail::linear(weight, bias, x);
-  }
-};
-
-/// Root-mean-square normalization: y = x / sqrt(mean(x^2) + eps) * weight, per row. An empty weight makes the
-/// layer the identity (no normalization at all), which is how converted layers that had no norm say so.
-template <class T>
-struct RMSNorm {
-  Vector<T> weight;
-  double eps = 1e-6;
-
-  /// **Shapes:** (L,n) => (L,n)
-  /// An all-zero row stays zero, also with eps = 0 (where the formula would give 0/0).
-  /// \throws attend::shape_error when weight is neither empty nor of size n, or when eps is negative or not
-  ///         finite.
-  template <class Derived>
-  Matrix<T> operator()(const Eigen::MatrixBase<Derived>& x) const {
-    detail::static_check_scalars<T, Derived>();
-    if (weight.size() != 0 && weight.size() != x.cols())
-      detail::fail("RMSNorm", "weight has ", weight.size(), " entries, expected 0 (identity) or ", x.cols(), " for x ",
-                   detail::shape_of(x));
-    check_eps("RMSNorm");
-    Matrix<T> y = x;
-    if (weight.size() == 0) return y;
-    for (Index r = 0; r < y.rows(); ++r) {
-      const T mean_square = y.row(r).squaredNorm() / T(y.cols()) + static_cast<T>(eps);
-      if (mean_square == 0) continue;  // an all-zero row with eps 0
-      const T inv_rms = T(1) / std::sqrt(mean_square);
-      y.row(r) = (y.row(r).array() * inv_rms * weight.transpose().array()).matrix();
-    }
-    return y;
-  }
-
-  /// Throws shape_error naming `fn` (and `owner`, the norm's name in a layer) unless eps is finite and >= 0.
-  void check_eps(const char* fn, const char* owner = "") const {
-    if (!(std::isfinite(eps) && eps >= 0))
-      detail::fail(fn, owner, *owner ? "." : "", "eps is ", eps, ", expected a finite value >= 0");
-  }
-};
-
-/// Keys and values of the tokens seen so far, for decoding with MultiHeadAttention::forward(x, cache).
-/// Storage grows by doubling, so appending n tokens one at a time copies O(n) rows in total.
-template <class T>
-class KVCache {
- public:
-  KVCache() = default;
-
-  /// Tokens held.
-  Index size() const { return size_; }
-  /// Tokens that fit before the storage grows.
-  Index capacity() const { return keys_.rows(); }
-  /// Forgets every token (keeps the storage); the cache can then serve a layer of any size.
-  void clear() { size_ = 0; }
-  /// Makes room for `tokens` tokens of `key_width` / `value_width` features, so decoding up to that length
-  /// never reallocates. Throws shape_error for a negative argument or if the cache holds tokens of other widths.
-  void reserve(Index tokens, Index key_width, Index value_width) {
-    constexpr const char* fn = "KVCache::reserve";
-    if (tokens < 0 || key_width < 0 || value_width < 0)
-      detail::fail(fn, "tokens ", tokens, ", key_width ", key_width, " and value_width ", value_width,
-                   " must not be negative");
-    check_widths(fn, key_width, value_width);
-    if (keys_.cols() != key_width || values_.cols() != value_width) {
-      keys_.resize(0, key_width);
-      values_.resize(0, value_width);
-    }
-    detail::grow_rows(keys_, size_, tokens);
-    detail::grow_rows(values_, size_, tokens);
-  }
-
-  /// Keys of the held tokens, [size, kv_heads * head_dim] (a view, valid until the next append).
-  detail::ConstRowsRef<T> keys() const { return detail::first_rows(keys_, size_); }
-  /// Values of the held tokens, [size, kv_heads * head_dim].
-  detail::ConstRowsRef<T> values() const { return detail::first_rows(values_, size_); }
-
-  /// Throws shape_error naming `fn` when tokens already held have other widths than a layer's.
-  void check_widths(const char* fn, Index key_width, Index value_width) const {
-    if (size_ > 0 && (keys_.cols() != key_width || values_.cols() != value_width))
-      detail::fail(fn, "cache holds keys of ", keys_.cols(), " and values of ", values_.cols(),
-                   " features per token, expected ", key_width, " and ", value_width,
-                   " (it was filled by a layer of other sizes)");
-  }
-
-  /// Appends the keys and values of new tokens (the widths were checked by the caller).
-  void append(const Matrix<T>& k, const Matrix<T>& v) {
-    if (size_ == 0 && (keys_.cols() != k.cols() || values_.cols() != v.cols())) {
-      keys_.resize(0, k.cols());
-      values_.resize(0, v.cols());
-    }
-    detail::grow_rows(keys_, size_, size_ + k.rows());
-    detail::grow_rows(values_, size_, size_ + v.rows());
-    keys_.middleRows(size_, k.rows()) = k;
-    values_.middleRows(size_, v.rows()) = v;
-    size_ += k.rows();
-  }
-
- private:
-  Matrix<T> keys_;
-  Matrix<T> values_;
-  Index size_ = 0;
-};
 
 /// Multi-head attention layer with projections, as ported from PyTorch models. One class covers MHA
 /// (kv_heads == heads), GQA (1 < kv_heads < heads) and MQA (kv_heads == 1); head_dim need not be
@@ -282,7 +124,7 @@ struct MultiHeadAttention {
   Matrix<T> attend_heads(const detail::ConstRowsRef<T>& q, const detail::ConstRowsRef<T>& k,
                          const detail::ConstRowsRef<T>& v, const Options& options) const {
     Matrix<T> heads_out(q.rows(), Index(heads) * head_dim);
-    detail::grouped_attention<T>(q, k, v, nullptr, Heads{heads, kv_heads}, options, heads_out, nullptr);
+    detail::attention(detail::make_problem(q, k, v, nullptr, Heads{heads, kv_heads}, options), heads_out, nullptr);
     return detail::linear(o_proj.weight, o_proj.bias, heads_out);
   }
 };

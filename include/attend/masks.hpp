@@ -1,15 +1,12 @@
 #pragma once
 /// \file
-/// Mask policies and attention options. A mask is a rule giving each query row a contiguous range of visible
-/// keys; every kernel asks the mask for that range instead of carrying its own copy of the loop.
+/// Mask policies. A mask is a rule giving each query row a contiguous range of visible keys; every kernel asks the
+/// mask for that range instead of carrying its own copy of the loop.
 
 #include <algorithm>
-#include <cmath>
 #include <optional>
 #include <ostream>
-#include <type_traits>
 
-#include "attend/errors.hpp"
 #include "attend/shapes.hpp"
 
 namespace attend {
@@ -115,47 +112,4 @@ class Mask {
   std::optional<Index> diagonal_;
 };
 
-/// How scores are formed: `s = scale * (q . k)`, then softcap, then additive bias, then the mask, then a
-/// numerically stable softmax over the visible keys.
-struct Options {
-  std::optional<double> scale;  ///< default 1/sqrt(d_qk)
-  Mask mask;                    ///< default Mask::none()
-  double softcap = 0;           ///< > 0: s = softcap * tanh(s / softcap); 0 disables it
-};
-
-namespace detail {
-
-/// Throws shape_error naming `function` when the options cannot be used: a non-finite or non-positive scale,
-/// a negative or non-finite softcap, a sliding window < 1. `T` is the scalar type the kernel computes in: a
-/// scale or softcap that is fine as a double but overflows T, or rounds to 0 in it, would turn every score into
-/// NaN or silently drop the option, so it is refused too.
-template <class T = double>
-void check_options(const char* function, const Options& o) {
-  const char* type = std::is_same_v<T, float> ? "float" : "double";
-  if (o.scale) {
-    if (!(std::isfinite(*o.scale) && *o.scale > 0))
-      fail(function, "options.scale is ", *o.scale, ", expected a finite value > 0");
-    const T s = static_cast<T>(*o.scale);
-    if (!(std::isfinite(s) && s > 0))
-      fail(function, "options.scale is ", *o.scale, ", which ", type, " cannot represent (it becomes ", s, ")");
-  }
-  if (!(std::isfinite(o.softcap) && o.softcap >= 0))
-    fail(function, "options.softcap is ", o.softcap, ", expected a finite value >= 0 (0 disables it)");
-  if (o.softcap > 0) {
-    // The kernels divide scores by the cap: both it and its reciprocal must be finite in T.
-    const T c = static_cast<T>(o.softcap);
-    if (!(std::isfinite(c) && c > 0 && std::isfinite(T(1) / c)))
-      fail(function, "options.softcap is ", o.softcap, ", which ", type,
-           " cannot represent together with its reciprocal (it becomes ", c, ")");
-  }
-  if (o.mask.kind() == Mask::Kind::sliding_window && o.mask.window() < 1)
-    fail(function, "options.mask is sliding_window(", o.mask.window(), "), expected a window >= 1");
-}
-
-/// The scale a call uses: the option when set, else 1/sqrt(head_dim).
-inline double scale_for(const Options& o, Index head_dim) {
-  return o.scale ? *o.scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
-}
-
-}  // namespace detail
 }  // namespace attend

@@ -46,8 +46,8 @@
 #include "attend/errors.hpp"
 #include "attend/masks.hpp"
 #include "attend/multi_head.hpp"
+#include "attend/result.hpp"
 #include "attend/shapes.hpp"
-#include "attend/softmax.hpp"
 
 namespace attend {
 

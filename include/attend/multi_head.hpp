@@ -3,11 +3,12 @@
 /// Multi-head attention by splitting the embedding: a matrix [L, H*d] holds head h in columns [h*d, (h+1)*d).
 /// One kernel, grouped-query attention, serves all three names: MHA is H kv heads, GQA fewer, MQA one.
 
-#include "attend/detail/blocked_attention.hpp"
+#include "attend/detail/attention.hpp"
 #include "attend/detail/checks.hpp"
-#include "attend/masks.hpp"
+#include "attend/detail/problem.hpp"
+#include "attend/options.hpp"
+#include "attend/result.hpp"
 #include "attend/shapes.hpp"
-#include "attend/softmax.hpp"
 
 namespace attend {
 namespace detail {
@@ -20,7 +21,7 @@ Matrix<typename DQ::Scalar> multi_head(const char* fn, const Eigen::MatrixBase<D
   check_multi_head(fn, q, k, v, heads, options);
   const ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
   Matrix<T> out(qe.rows(), ve.cols() / heads.kv * heads.query);
-  grouped_attention<T>(qe, ke, ve, nullptr, heads, options, out, nullptr);
+  attention(make_problem<T>(qe, ke, ve, nullptr, heads, options), out, nullptr);
   return out;
 }
 
@@ -59,7 +60,7 @@ AttentionResult<typename DQ::Scalar> multi_head_attention_with_lse(const Eigen::
   detail::check_multi_head("multi_head_attention_with_lse", q, k, v, heads, options);
   const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
   AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols() / heads.kv * heads.query), Matrix<T>(qe.rows(), heads.query)};
-  detail::grouped_attention<T>(qe, ke, ve, nullptr, heads, options, r.out, &r.lse);
+  detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, heads, options), r.out, &r.lse);
   return r;
 }
 
@@ -78,7 +79,7 @@ void multi_head_attention_into(const Eigen::MatrixBase<DQ>& q, const Eigen::Matr
   detail::check_multi_head(fn, q, k, v, heads, options);
   detail::check_output(fn, out, q.rows(), v.cols() / heads.kv * heads.query);
   const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
-  detail::grouped_attention<T>(qe, ke, ve, nullptr, heads, options, out, nullptr);
+  detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, heads, options), out, nullptr);
 }
 
 /// Grouped-query attention (GQA): `query_heads` query heads in groups sharing `kv_heads` key/value heads.

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "attend/detail/checks.hpp"
 #include "attend/errors.hpp"
 #include "attend/shapes.hpp"
 
@@ -59,7 +60,7 @@ Matrix<typename Derived::Scalar> apply_rope(const Eigen::MatrixBase<Derived>& x,
                                             Index start_position = 0, double theta = 10000,
                                             RopeLayout layout = RopeLayout::interleaved) {
   using T = typename Derived::Scalar;
-  static_assert(detail::is_supported_scalar<T>, "attend::apply_rope: scalar must be float or double");
+  detail::static_check_scalars<T>();
   detail::check_rope<T>("apply_rope", x.cols(), head_dim, theta);
   Matrix<T> y = x;
   if (head_dim > 0)

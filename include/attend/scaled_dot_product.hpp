@@ -6,9 +6,12 @@
 
 #include <limits>
 
-#include "attend/detail/blocked_attention.hpp"
+#include "attend/detail/attention.hpp"
 #include "attend/detail/checks.hpp"
-#include "attend/masks.hpp"
+#include "attend/detail/problem.hpp"
+#include "attend/detail/score_transform.hpp"
+#include "attend/options.hpp"
+#include "attend/result.hpp"
 #include "attend/shapes.hpp"
 #include "attend/softmax.hpp"
 
@@ -32,7 +35,7 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase
   detail::check_attention(fn, q, k, v, options);
   const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
   Matrix<T> out(qe.rows(), ve.cols());
-  detail::grouped_attention<T>(qe, ke, ve, nullptr, Heads{1, 1}, options, out, nullptr);
+  detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, Heads{1, 1}, options), out, nullptr);
   return out;
 }
 
@@ -53,7 +56,7 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase
   detail::check_bias(fn, bias, q, k);
   const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived()), be(bias.derived());
   Matrix<T> out(qe.rows(), ve.cols());
-  detail::grouped_attention<T>(qe, ke, ve, &be, Heads{1, 1}, options, out, nullptr);
+  detail::attention(detail::make_problem<T>(qe, ke, ve, &be, Heads{1, 1}, options), out, nullptr);
   return out;
 }
 
@@ -73,7 +76,7 @@ AttentionResult<typename DQ::Scalar> scaled_dot_product_attention_with_lse(const
   detail::check_attention("scaled_dot_product_attention_with_lse", q, k, v, options);
   const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
   AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols()), Matrix<T>(qe.rows(), 1)};
-  detail::grouped_attention<T>(qe, ke, ve, nullptr, Heads{1, 1}, options, r.out, &r.lse);
+  detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, Heads{1, 1}, options), r.out, &r.lse);
   return r;
 }
 
@@ -93,7 +96,7 @@ void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q, const Eig
   detail::check_attention(fn, q, k, v, options);
   detail::check_output(fn, out, q.rows(), v.cols());
   const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
-  detail::grouped_attention<T>(qe, ke, ve, nullptr, Heads{1, 1}, options, out, nullptr);
+  detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, Heads{1, 1}, options), out, nullptr);
 }
 
 namespace detail {
@@ -104,12 +107,8 @@ Matrix<T> weights(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const Cons
   const Index lq = q.rows(), lk = k.rows();
   const T scale = static_cast<T>(scale_for(options, q.cols()));
   Matrix<T> p(lq, lk);
-  p.noalias() = (q * scale) * k.transpose();
-  if (options.softcap > 0) {
-    const T c = static_cast<T>(options.softcap);
-    p = ((p.array() * (T(1) / c)).tanh() * c).matrix();
-  }
-  if (bias) p += *bias;
+  p.noalias() = (q * scale) * k.transpose();  // s = scale * (q . k), the scale on q: one GEMM
+  ScoreTransform<T>(static_cast<T>(options.softcap), bias).rows(p, 0, [](Index i) { return i; });
   for (Index i = 0; i < lq; ++i) {
     const KeyRange vis = options.mask.keys(i, lq, lk);
     p.row(i).head(vis.begin).setConstant(-std::numeric_limits<T>::infinity());

@@ -23,6 +23,8 @@
 #include <optional>
 #include <vector>
 
+#include "../kernel_seam.hpp"
+
 namespace {
 
 using attend::Heads;
@@ -69,7 +71,7 @@ struct Problem {
   Options options;
   Matrix<T> q, k, v, bias;
   bool has_bias = false;
-  attend::detail::Tiles tiles;
+  attend_test::Tiles tiles;
 };
 
 // One byte to a value: multiples of 1/64 in [-2, 2) times `magnitude`; in non-finite mode three codes are +inf,
@@ -115,11 +117,12 @@ Problem<T> decode(Reader& in, std::uint8_t flags, bool non_finite) {
   if (flags & 0x40) p.options.scale = std::exp2(scale / 32.0);  // 1/16 .. 16
   const std::uint8_t cap = in.byte();
   if (flags & 0x80) p.options.softcap = std::exp2((cap % 64) / 8.0 - 1);  // 0.5 .. 128
-  p.tiles = attend::detail::Tiles{1 + in.byte() % 8, 1 + in.byte() % 16, 1 + in.byte() % 32};
+  const Index queries = 1 + in.byte() % 8, keys = 1 + in.byte() % 16, chunk = 1 + in.byte() % 32;
   // Derived from bytes already read, so the corpus keeps its meaning.
-  p.tiles.cut_keys = 1 + p.tiles.decode_chunk % p.tiles.keys;
-  if (p.tiles.queries % 2 == 1) p.tiles.few_rows = 0;              // packed products on every tile
-  if (p.tiles.keys % 3 == 0) p.tiles.pack_groups = false;          // key tiles packed one by one
+  p.tiles = attend_test::tiles().with_queries(queries).with_keys(keys).with_decode_chunk(chunk).with_cut_keys(
+      1 + chunk % keys);
+  if (queries % 2 == 1) p.tiles.with_few_rows(0);                  // packed products on every tile
+  if (keys % 3 == 0) p.tiles.with_pack_groups(false);              // key tiles packed one by one
   const double magnitude = std::exp2(in.signed_byte() / 8 / 2.0);  // 2^-8 .. 2^8 for q and k
   p.q.resize(p.lq, p.heads.query * p.d);
   p.k.resize(p.lk, p.heads.kv * p.d);
@@ -237,16 +240,8 @@ void compare_lse(const Problem<T>& p, const Expected& e, const Matrix<T>& got, c
 }
 
 template <class T>
-Matrix<T> blocked(const Problem<T>& p, const attend::detail::Tiles& tiles, Matrix<T>* lse = nullptr) {
-  Matrix<T> out(p.lq, p.heads.query * p.dv);
-  const attend::detail::ConstRowsRef<T> q(p.q), k(p.k), v(p.v);
-  if (p.has_bias) {
-    const attend::detail::ConstRowsRef<T> b(p.bias);
-    attend::detail::grouped_attention<T>(q, k, v, &b, p.heads, p.options, out, lse, tiles);
-  } else {
-    attend::detail::grouped_attention<T>(q, k, v, nullptr, p.heads, p.options, out, lse, tiles);
-  }
-  return out;
+Matrix<T> blocked(const Problem<T>& p, const attend_test::Tiles& tiles, Matrix<T>* lse = nullptr) {
+  return attend_test::kernel(p.q, p.k, p.v, p.heads, p.options, tiles, p.has_bias ? &p.bias : nullptr, lse);
 }
 
 template <class T>
@@ -256,7 +251,7 @@ void run_valid(Reader& in, std::uint8_t flags, bool non_finite) {
   Matrix<T> lse(p.lq, p.heads.query);
   compare(p, e, blocked(p, p.tiles, &lse), "blocked kernel, fuzzed tiles");
   compare_lse(p, e, lse, "blocked kernel lse, fuzzed tiles");
-  compare(p, e, blocked(p, attend::detail::Tiles{}), "blocked kernel, default tiles");
+  compare(p, e, blocked(p, attend_test::tiles()), "blocked kernel, default tiles");
   if (p.has_bias) {
     if (p.heads.query == 1) {
       compare(p, e, attend::scaled_dot_product_attention(p.q, p.k, p.v, p.bias, p.options), "sdpa with bias");

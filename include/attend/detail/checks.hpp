@@ -5,16 +5,18 @@
 #include <type_traits>
 
 #include "attend/errors.hpp"
-#include "attend/masks.hpp"
+#include "attend/options.hpp"
 #include "attend/shapes.hpp"
 
 namespace attend::detail {
 
+/// The compile-time tier of attend's checks, with the two wordings every static_assert of attend uses: T must be
+/// a scalar attend computes in, and every matrix argument must hold T.
 template <class T, class... Derived>
 constexpr void static_check_scalars() {
-  static_assert(is_supported_scalar<T>, "attend: the scalar type must be float or double");
+  static_assert(is_supported_scalar<T>, "attend: unsupported scalar type (attend computes in float or double)");
   static_assert((std::is_same_v<T, typename Derived::Scalar> && ...),
-                "attend: all matrix arguments must have the same scalar type (float or double)");
+                "attend: all matrix arguments must have the same scalar type");
 }
 
 template <class Compute, class Q>

@@ -5,7 +5,7 @@
 ///
 /// Why not `c.noalias() += a * b`: each such product packs both operands into Eigen's blocked layout before it
 /// multiplies. The attention kernel multiplies the same query tile with every key tile and the same key and value
-/// tiles with every query tile, so packing per product repeats work (measured: 12% of a 512-token prefill). Here
+/// tiles with every query tile, so packing per product repeats work (docs/kernel-notes.md has its cost). Here
 /// keys and values are packed once per kv group, queries once per query tile, and the scores are written straight
 /// into the packed layout that the second product reads, so they are never packed at all.
 ///
@@ -85,8 +85,8 @@ struct PackedGemm {
 
   /// Packs a row-major [depth, cols] matrix (e.g. values) as a right operand of depth x cols: the layout of
   /// Eigen's gemm_pack_rhs, filled a few rows at a time. Eigen's routine walks all rows once per panel, which
-  /// for values that are a column slice of wider rows (one page per row) misses L1 on every read: 4% of a
-  /// 512-token prefill, against under 1% this way.
+  /// for values that are a column slice of wider rows (one page per row) misses L1 on every read; a few rows at
+  /// a time stay in L1.
   static void pack_rhs_rows(T* dst, const T* src, Index stride, Index depth, Index cols) {
     static_assert(nr == 4, "PackedGemm::pack_rhs_rows writes Eigen's layout for panels of 4 columns");
     constexpr Index kRows = 8;  // rows read per pass: they stay in L1 even when they alias (4 KiB apart)
@@ -103,8 +103,7 @@ struct PackedGemm {
 
   /// dst = src for a column-major `src` (rows x cols, column stride src_stride) and a row-major `dst` (row
   /// stride dst_stride), one packet-sized square at a time transposed in registers: an element-by-element copy
-  /// runs at one strided load per value (measured 4% of a 512-token prefill, where each query tile's output is
-  /// transposed once).
+  /// runs at one strided load per value.
   static void transpose(T* dst, Index dst_stride, const T* src, Index src_stride, Index rows, Index cols) {
     using P = typename Eigen::internal::packet_traits<T>::type;
     constexpr int n = Eigen::internal::unpacket_traits<P>::size;

@@ -6,17 +6,9 @@
 ///
 /// Why not Eigen's matrix-vector products, one query row at a time: each call reads the key or value tile again for
 /// every query row, and only long tiles amortize its setup. Here a register block of rows x keys shares its loads
-/// and a call on 16 keys costs little, so the decode path (grouped_attention()) walks 16 whole key rows through
-/// every kv group before moving on, instead of one group's column slice of 64 keys (a page-strided read) at a time.
-/// Measured, GQA 32/8, d = 128, one query, fp32, AVX-512:
-/// - 64k-key cache (512 MiB of KV, beyond this machine's L3), 1 thread: 9.3-9.5 GB/s of KV with matrix-vector
-///   products, 11.5 GB/s with these loops; summing the same bytes reads 14.5 GB/s.
-/// - bench/decode_bench, 16k cache, 10 alternating runs each, these loops against matrix-vector products: 1 thread
-///   10.5 against 10.2 ms (medians; the cache partly sat in L3 then), 2 threads 4.23 against 4.72 ms; 4 queries
-///   (16 rows) 17.4 against 23.9 ms.
-/// With this blocking but tile by tile and group by group, the 16k decode took 15.7-17.6 ms: reading order, not the
-/// arithmetic, decides (the compute alone, with keys in L2, takes 3.6-3.9 ms either way). Why the order matters
-/// so much on this machine is presumed, not measured: more key rows in flight at a time.
+/// and a call on 16 keys costs little, so the decode schedule walks 16 whole key rows through every kv group before
+/// moving on, instead of one group's column slice of 64 keys (a page-strided read) at a time: reading order, not
+/// the arithmetic, decides the speed of a decode step (docs/kernel-notes.md, "Decode").
 ///
 /// Each dot product sums whole packets across the depth, then the packet's lanes, then the remainder of the depth
 /// one value at a time: the same values as a plain product up to the order of the additions.
@@ -54,10 +46,8 @@ struct RowProducts {
   /// s[r, j] = q[r, :] . k[j, :] for r < rows, j < keys, over `depth` values.
   ///
   /// Up to `block_rows` rows go one at a time against `wide` keys: there each key is used by few rows, reading keys
-  /// is the cost, and more key rows in flight read faster (GQA 32/8 decode, 16k cache, 6 alternating runs: 1 thread
-  /// 11.7 ms against 12.75 ms for blocks of 4 rows x 4 keys, 2 threads 4.92 against 5.67 ms). More rows share each
-  /// key's loads in blocks of `block_rows` x `block` (4 queries, 16 rows: 17.4 ms against 18.5 ms one row at a
-  /// time).
+  /// is the cost, and more key rows in flight read faster. More rows share each key's loads in blocks of
+  /// `block_rows` x `block`.
   static void scores(T* s, Index lds, const T* q, Index ldq, Index rows, const T* k, Index ldk, Index keys,
                      Index depth) {
     // Empty operands may have null data; offsetting a null pointer is undefined behaviour even unused.

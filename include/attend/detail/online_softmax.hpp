@@ -1,0 +1,145 @@
+#pragma once
+/// \file
+/// The online softmax (Milakov & Gimelshein 2018; FlashAttention's recurrence): a row's softmax over keys that
+/// arrive one block at a time, carried as its running maximum m and running sum l. For each block of scores s_j:
+///
+///   m' = max(m, max_j s_j),   p_j = exp(s_j - m'),   alpha = exp(m - m'),   l' = alpha l + sum_j p_j,
+///
+/// and the caller rescales its accumulator, acc' = alpha acc + sum_j p_j v_j. After the last block the row is
+/// acc / l and its log-sum-exp is m + log(l).
+///
+/// The -inf rules, written here once:
+/// - Hidden entries of a block are set to 0 directly, never exponentiated: Eigen's vectorized exp clamps its
+///   argument, so exp(-inf) would be ~1e-38 in float, not 0.
+/// - A row that has seen only -inf scores (a bias hiding every key so far) has m = -inf; it shifts by 0 instead of
+///   computing exp(-inf - -inf) = NaN.
+/// - On a row's first visible block alpha = std::exp(-inf) = 0 exactly (std::exp, not Eigen's), and l and acc are 0.
+/// - A row with l = 0 at the end saw no key: its output is zero (whatever the values held) and its lse is -inf.
+///
+/// Two forms of the step: row_step() on one row of a row-major block (the rows mainloop), panel_step() on a
+/// column-major panel of rows, vectorized across the panel's rows so there is no per-row reduction (the packed
+/// mainloop).
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <utility>
+
+#include "attend/detail/assert.hpp"
+#include "attend/shapes.hpp"
+
+namespace attend::detail::online_softmax {
+
+/// exp(seen - shift) in place (`shift` a scalar or an array like `seen`), with entries equal to -inf mapped to
+/// exactly 0 when `may_hold_neg_inf` (a bias may hide keys). Eigen 3.4 evaluates select() one scalar at a time,
+/// so it is used only then.
+template <class Seen, class Shift>
+void exp_shifted(Seen&& seen, const Shift& shift, bool may_hold_neg_inf) {
+  using T = typename std::decay_t<Seen>::Scalar;
+  if (may_hold_neg_inf)
+    seen = (seen == -std::numeric_limits<T>::infinity()).select(T(0), (seen - shift).exp());
+  else
+    seen = (seen - shift).exp();
+}
+
+/// The step on one row: `seen` (an array expression) holds the row's visible scores of the block and becomes
+/// their weights p_j. Calls rescale(alpha) when the maximum moved, for the caller's accumulator.
+template <class T, class Seen, class Rescale>
+void row_step(T& m, T& l, Seen&& seen, bool may_hold_neg_inf, Rescale&& rescale) {
+  const T m_new = std::max(m, seen.maxCoeff());                                 // m' = max(m, max_j s_j)
+  const T shift = m_new == -std::numeric_limits<T>::infinity() ? T(0) : m_new;  // see the -inf rules
+  exp_shifted(seen, shift, may_hold_neg_inf);                                   // p_j = exp(s_j - m')
+  if (m_new != m) {
+    const T alpha = std::exp(m - shift);  // alpha = exp(m - m'): std::exp, exactly 0 on a row's first block
+    l *= alpha;
+    rescale(alpha);
+    m = m_new;
+  }
+  l += seen.sum();  // l' = alpha l + sum_j p_j
+}
+
+/// The step on one panel: `h` rows whose scores are the column-major h x tk block at `s` (a column is one key, a
+/// panel's rows), running maxima m and sums l (h each). With `lo` and `hi` (the mask cuts the tile), row r sees
+/// keys [lo[r], hi[r]) of the block: as both grow with r, the rows that see key j are one run [a, b) of the
+/// column, and only that run is read; the rest of the column is set to 0. Calls rescale(alpha) with the h
+/// factors when some row's maximum moved and some row held something. Panels have at most kMaxRows rows.
+template <int kMaxRows, class T, class Rescale>
+void panel_step(T* s, Index h, Index tk, T* m_data, T* l_data, const Index* lo, const Index* hi, bool may_hold_neg_inf,
+                Rescale&& rescale) {
+  ATTEND_DASSERT(h <= kMaxRows, "a panel holds at most kMaxRows rows");
+  // Panel columns live on the stack. A fixed size would be unrolled whole, and GCC 12 then reports a false
+  // -Wuninitialized inside Eigen's AVX-512 exp.
+  using Col = Eigen::Array<T, Eigen::Dynamic, 1, Eigen::ColMajor, kMaxRows, 1>;
+  constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic>> p(s, h, tk);
+  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> m(m_data, h), l(l_data, h);
+  // Rows [a, b) of the panel see key j: a is the first row whose range ends after j, b the first starting after.
+  Index a = 0, b = 0;
+  const auto seen_by = [&](Index j) {
+    if (!lo) return std::pair<Index, Index>{0, h};
+    while (a < h && hi[a] <= j) ++a;
+    b = std::max(a, b);
+    while (b < h && lo[b] <= j) ++b;
+    return std::pair<Index, Index>{a, b};
+  };
+  // Where every row sees every key, kBatch adjacent columns (contiguous) go through one vectorized expression
+  // with the row vector repeated, which divides the per-column loop overhead by kBatch.
+  constexpr Index kBatch = 4;
+  using Batch = Eigen::Array<T, Eigen::Dynamic, 1, Eigen::ColMajor, kBatch * kMaxRows, 1>;
+  Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> flat(s, h * tk);
+  const Index batched = lo ? 0 : tk / kBatch * kBatch;
+  Col m_new = m;  // m' = max(m, max_j s_j)
+  if (batched > 0) {
+    Batch wide = flat.head(kBatch * h);
+    for (Index j = kBatch; j < batched; j += kBatch) wide = wide.max(flat.segment(j * h, kBatch * h));
+    for (Index c = 0; c < kBatch; ++c) m_new = m_new.max(wide.segment(c * h, h));
+  }
+  for (Index j = batched; j < tk; ++j) {
+    const auto [ra, rb] = seen_by(j);
+    m_new.segment(ra, rb - ra) = m_new.segment(ra, rb - ra).max(p.col(j).segment(ra, rb - ra));
+  }
+  const Col shift = (m_new == neg_inf).select(Col::Zero(h), m_new);  // see the -inf rules
+  const Col alpha = (m - shift).exp();  // 0 * (~1e-38) when the row has seen nothing yet: l and acc are 0
+  Col total = Col::Zero(h);
+  const Index batched_exp = may_hold_neg_inf ? 0 : batched;
+  if (batched_exp > 0) {
+    Batch shifts(kBatch * h), sums = Batch::Zero(kBatch * h);
+    for (Index c = 0; c < kBatch; ++c) shifts.segment(c * h, h) = shift;
+    for (Index j = 0; j < batched_exp; j += kBatch) {
+      auto cols = flat.segment(j * h, kBatch * h);
+      cols = (cols - shifts).exp();  // p_j = exp(s_j - m')
+      sums += cols;
+    }
+    for (Index c = 0; c < kBatch; ++c) total += sums.segment(c * h, h);
+  }
+  a = b = 0;
+  for (Index j = batched_exp; j < tk; ++j) {
+    const auto [ra, rb] = seen_by(j);
+    auto c = p.col(j);
+    c.head(ra).setZero();
+    c.tail(h - rb).setZero();
+    auto seen = c.segment(ra, rb - ra);
+    exp_shifted(seen, shift.segment(ra, rb - ra), may_hold_neg_inf);  // p_j = exp(s_j - m')
+    total.segment(ra, rb - ra) += seen;
+  }
+  // The accumulator needs rescaling only if it holds something (some row had a maximum) and some maximum moved.
+  const bool moved = !(m == neg_inf).all() && !(alpha == T(1)).all();
+  l = l * alpha + total;  // l' = alpha l + sum_j p_j
+  m = m_new;
+  if (moved) rescale(alpha);
+}
+
+/// What a row divides its accumulator by at the end: l, or 1 for a row that saw no key (l = 0; it is zeroed).
+template <class T>
+T divisor(T l) {
+  return l == T(0) ? T(1) : l;
+}
+
+/// The row's log-sum-exp, m + log(l), or -inf for a row that saw no key.
+template <class T>
+T log_sum_exp(T m, T l) {
+  return l == T(0) ? -std::numeric_limits<T>::infinity() : m + std::log(l);
+}
+
+}  // namespace attend::detail::online_softmax

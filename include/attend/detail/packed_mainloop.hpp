@@ -1,0 +1,235 @@
+#pragma once
+/// \file
+/// The packed mainloop: a query tile of many rows (prefill) against key tiles, both products on operands packed
+/// once (detail::PackedGemm over Eigen's GEMM kernel). A kv group's keys and values are packed once per thread
+/// (PackedKeys), each query tile once, and the scores are computed straight into the packed left layout that the
+/// second product reads, so they are never packed at all.
+///
+/// Per key tile [kt, kt + tk), the verbs of the algorithm:
+///   S = Q K^T                 PackedGemm::multiply_add, panel by panel into the packed layout of P
+///   transform                 ScoreTransform (softcap on the whole tile, bias entry by entry)
+///   mask + online softmax     online_softmax::panel_step, per panel, vectorized across its rows
+///   O += P V                  PackedGemm::multiply_add into the column-major accumulator
+///
+/// With packed keys, key tiles start on panel boundaries (multiples of PackedGemm<T>::nr) and hold whole panels
+/// unless they end the keys; packing whole groups or single tiles then gives the same tiles and the same bits.
+
+#include <algorithm>
+#include <limits>
+#include <tuple>
+
+#include "attend/detail/assert.hpp"
+#include "attend/detail/finite.hpp"
+#include "attend/detail/online_softmax.hpp"
+#include "attend/detail/packed_gemm.hpp"
+#include "attend/detail/problem.hpp"
+#include "attend/detail/query_tile.hpp"
+#include "attend/detail/score_transform.hpp"
+#include "attend/shapes.hpp"
+
+namespace attend::detail {
+
+/// One kv group's keys and values packed as right operands: keys as K^T [d x Lk], values as V [Lk x dv]. Reused
+/// by every query tile of the group that runs on this thread.
+template <class T>
+struct PackedKeys {
+  Vector<T> k, v;
+  Index keys = 0;
+  Index group = -1;  ///< the kv group held, -1 for none
+
+  void pack(const GroupKeys<T>& kv, Index g) {
+    keys = kv.k.rows();
+    k.resize(keys * kv.k.cols());
+    v.resize(keys * kv.v.cols());
+    if (keys > 0) {
+      PackedGemm<T>::pack_rhs_transposed(k.data(), kv.k.data(), kv.k.outerStride(), keys, kv.k.cols());
+      PackedGemm<T>::pack_rhs_rows(v.data(), kv.v.data(), kv.v.outerStride(), keys, kv.v.cols());
+    }
+    group = g;
+  }
+};
+
+/// Scratch space of the packed mainloop for tiles of up to `rows` rows and key tiles of up to `keys` keys; sized
+/// once per thread, reused for every tile.
+template <class T>
+struct PackedWorkspace {
+  using ColMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+  Matrix<T> q;               ///< [rows, d]: the tile's stacked, scaled queries
+  Matrix<T> acc;             ///< [rows, dv]: the normalized output rows, after finish()
+  Vector<T> max;             ///< running row maximum m
+  Vector<T> sum;             ///< running row sum l, then the log-sum-exp
+  Vector<T> divisor;         ///< what each row divides by at the end
+  Vector<T> q_packed;        ///< the tile's queries packed as a left operand
+  Vector<T> q_part;          ///< some of the tile's rows packed, for key tiles the others do not see (lazily)
+  Vector<T> panels;          ///< [rows x panel_keys] S, then P, in the packed left layout
+  ColMajor acc_cols;         ///< [rows+, dv]: the unnormalized output, column-major as the packed product writes it
+  Vector<T> k_tile, v_tile;  ///< one key tile packed, when groups are not packed whole (lazily)
+  std::vector<Index> visible_lo, visible_hi;  ///< per tile row: the keys of a cut tile it sees
+  Index panel_keys;                           ///< the most keys a tile holds: `keys` rounded up to whole panels
+
+  PackedWorkspace(Index rows, Index keys, Index d, Index dv)
+      : q(rows, d),
+        acc(rows, dv),
+        max(rows),
+        sum(rows),
+        divisor(rows),
+        q_packed(rows * d),
+        acc_cols(padded_column(rows), dv),
+        visible_lo(static_cast<std::size_t>(rows)),
+        visible_hi(static_cast<std::size_t>(rows)),
+        panel_keys((keys + PackedGemm<T>::nr - 1) / PackedGemm<T>::nr * PackedGemm<T>::nr) {
+    panels.resize(rows * panel_keys);
+  }
+
+ private:
+  /// A column length for `rows` that is an odd number of cache lines. Row-wise passes over a column-major matrix
+  /// step by one column; with columns of a power-of-two size every step lands in the same few L1 sets and each
+  /// read misses.
+  static Index padded_column(Index rows) {
+    constexpr Index line = 64 / sizeof(T);
+    const Index lines = (rows + line - 1) / line;
+    return (lines % 2 == 1 ? lines : lines + 1) * line;
+  }
+};
+
+/// One query tile through the packed mainloop: the constructor, absorb() key tiles in increasing order, finish().
+/// `packed`, when given, holds the group's keys and values packed whole; without it each key tile is packed as it
+/// is absorbed.
+template <class T>
+class PackedTile {
+ public:
+  using Gemm = PackedGemm<T>;
+
+  PackedTile(const Problem<T>& pb, const GroupKeys<T>& kv, const PackedKeys<T>* packed, Index g, Index p0, Index p1,
+             PackedWorkspace<T>& ws)
+      : tile_(pb, g, p0, p1), kv_(kv), packed_(packed), ws_(ws), transform_(pb) {
+    const Index rows = tile_.rows();
+    ATTEND_DASSERT(rows <= ws.q.rows(), "the tile's rows fit the packed workspace");
+    tile_.load_queries(ws.q);
+    ws.max.head(rows).setConstant(-std::numeric_limits<T>::infinity());
+    ws.sum.head(rows).setZero();
+    ws.acc_cols.topRows(rows).setZero();
+    Gemm::pack_lhs_rows(ws.q_packed.data(), ws.q.data(), ws.q.outerStride(), rows, pb.d);
+  }
+
+  const QueryTile<T>& tile() const { return tile_; }
+
+  /// Folds keys [kt, kt + tk) (within tile().keys()) into the running softmax. A value row whose key is hidden
+  /// from a query (by the mask or a -inf bias) is never multiplied into that query's output, so infinities or NaN
+  /// stored there cannot leak through 0 * inf.
+  void absorb(Index kt, Index tk) {
+    ATTEND_DASSERT(!packed_ || (kt % Gemm::nr == 0 && (tk % Gemm::nr == 0 || kt + tk == tile_.problem().keys)),
+                   "key tiles of keys packed whole hold whole panels");
+    ATTEND_DASSERT(tk <= ws_.panel_keys, "a key tile fits the packed workspace");
+    const auto part = tile_.rows_seeing(kt, tk);
+    if (part.r0 < part.r1) absorb_rows(kt, tk, part.cut_by_mask, part.r0, part.r1);
+  }
+
+  /// Leaves in ws.acc the normalized rows (position-major stack) and in ws.sum each row's log-sum-exp of its
+  /// visible scaled scores (-inf, with a zero row, when it saw no key).
+  void finish() {
+    const Index rows = tile_.rows();
+    auto l = ws_.sum.head(rows);
+    // Normalize column by column where the product left the rows (vectorized), then transpose once.
+    auto divisor = ws_.divisor.head(rows);
+    for (Index r = 0; r < rows; ++r) divisor[r] = online_softmax::divisor(l[r]);
+    for (Index c = 0; c < tile_.problem().dv; ++c) ws_.acc_cols.col(c).head(rows).array() /= divisor.array();
+    Gemm::transpose(ws_.acc.data(), ws_.acc.outerStride(), ws_.acc_cols.data(), ws_.acc_cols.outerStride(), rows,
+                    tile_.problem().dv);
+    for (Index r = 0; r < rows; ++r) {
+      if (l[r] == T(0)) ws_.acc.row(r).setZero();  // saw no key: zeros, as the contract says, whatever V held
+      l[r] = online_softmax::log_sum_exp(ws_.max[r], l[r]);
+    }
+  }
+
+ private:
+  /// Rows [r0, r1) of the tile against keys [kt, kt + tk).
+  void absorb_rows(Index kt, Index tk, bool cut_by_mask, Index r0, Index r1) {
+    const Problem<T>& pb = tile_.problem();
+    const Index d = pb.d, dv = pb.dv;
+
+    // Rows that see none of the tile are left out. When they are only a prefix, the packed queries serve from
+    // the panel that holds row r0 on (whole panels of mr rows come first, so rows from a multiple of mr on are
+    // packed exactly as they would be alone); otherwise the rows that remain are packed afresh.
+    const T* q = ws_.q_packed.data();
+    if (r1 == tile_.rows()) {
+      r0 = r0 / Gemm::mr * Gemm::mr;
+      q += r0 * d;
+    } else {
+      if (ws_.q_part.size() < (r1 - r0) * d) ws_.q_part.resize(ws_.q.rows() * d);
+      Gemm::pack_lhs_rows(ws_.q_part.data(), ws_.q.row(r0).data(), ws_.q.outerStride(), r1 - r0, d);
+      q = ws_.q_part.data();
+    }
+    const Index rows = r1 - r0;
+    const T *k, *v;
+    Index v_stride, v_offset;
+    if (packed_) {
+      k = packed_->k.data() + kt * d;
+      v = packed_->v.data();
+      v_stride = packed_->keys;
+      v_offset = kt;
+    } else {
+      if (ws_.k_tile.size() < tk * d) ws_.k_tile.resize(ws_.panel_keys * d);  // sized for the largest tile
+      if (ws_.v_tile.size() < tk * dv) ws_.v_tile.resize(ws_.panel_keys * dv);
+      Gemm::pack_rhs_transposed(ws_.k_tile.data(), kv_.k.row(kt).data(), kv_.k.outerStride(), tk, d);
+      Gemm::pack_rhs_rows(ws_.v_tile.data(), kv_.v.row(kt).data(), kv_.v.outerStride(), tk, dv);
+      k = ws_.k_tile.data();
+      v = ws_.v_tile.data();
+      v_stride = tk;
+      v_offset = 0;
+    }
+
+    // S = Q K^T: panel (i, h) is the column-major h x tk block at s + i * tk, exactly where packing P would put it.
+    T* const s = ws_.panels.data();
+    Gemm::for_each_panel(rows, [&](Index i, Index h) {
+      std::fill_n(s + i * tk, h * tk, T(0));
+      Gemm::multiply_add(s + i * tk, h, q + i * d, k, h, d, tk);
+    });
+    // The score transform: softcap over the whole tile, the bias entry by entry (strided in this layout).
+    transform_.cap(Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(s, rows * tk));
+    if (transform_.has_bias())
+      Gemm::for_each_panel(rows, [&](Index i, Index h) {
+        for (Index r = 0; r < h; ++r) transform_.add_bias(s + i * tk + r, h, tile_.position(r0 + i + r), kt, tk);
+      });
+    // The mask and the online-softmax step. Where the mask cuts the tile, row r sees keys [lo[r], hi[r]) of it;
+    // both bounds grow with r.
+    Index* lo = nullptr;
+    Index* hi = nullptr;
+    if (cut_by_mask) {
+      lo = ws_.visible_lo.data();
+      hi = ws_.visible_hi.data();
+      for (Index r = 0; r < rows; ++r) std::tie(lo[r], hi[r]) = tile_.visible(r0 + r, kt, tk, true);
+    }
+    Gemm::for_each_panel(rows, [&](Index i, Index h) {
+      const Index row = r0 + i;
+      online_softmax::panel_step<Gemm::mr>(s + i * tk, h, tk, ws_.max.data() + row, ws_.sum.data() + row,
+                                           lo ? lo + i : nullptr, lo ? hi + i : nullptr, transform_.has_bias(),
+                                           [&](const auto& alpha) {  // acc' = alpha acc
+                                             for (Index c = 0; c < dv; ++c)
+                                               ws_.acc_cols.col(c).segment(row, h).array() *= alpha;
+                                           });
+    });
+
+    // O += P V. Zero weights times non-finite values would poison the row: see finite.hpp.
+    const auto v_rows = kv_.v.middleRows(kt, tk);
+    if ((cut_by_mask || transform_.has_bias()) && !all_finite(v_rows)) {
+      Gemm::for_each_panel(rows, [&](Index i, Index h) {
+        for (Index r = 0; r < h; ++r)
+          for (Index j = 0; j < tk; ++j) {
+            const T w = s[i * tk + j * h + r];
+            if (w != T(0)) ws_.acc_cols.row(r0 + i + r) += w * v_rows.row(j);
+          }
+      });
+    } else {
+      Gemm::multiply_add(ws_.acc_cols.data() + r0, ws_.acc_cols.rows(), s, v, rows, tk, dv, v_stride, v_offset);
+    }
+  }
+
+  QueryTile<T> tile_;
+  const GroupKeys<T>& kv_;
+  const PackedKeys<T>* packed_;
+  PackedWorkspace<T>& ws_;
+  ScoreTransform<T> transform_;
+};
+
+}  // namespace attend::detail

@@ -1,0 +1,164 @@
+#pragma once
+/// \file
+/// The rows mainloop: a query tile of a few rows (decoding: one or a few positions x the group's query heads)
+/// against key tiles read in place. Each key serves only a handful of rows, so reading keys is the cost and packing
+/// them would cost more than it saves; the products are detail::RowProducts' register-blocked dot products and
+/// weighted sums straight on the key and value rows.
+///
+/// Per key tile [kt, kt + tk), the verbs of the algorithm:
+///   S = Q K^T                 scores()      (RowProducts::scores)
+///   transform and mask        softmax()     (ScoreTransform, then the visible range of each row)
+///   online-softmax step       softmax()     (online_softmax::row_step, rescaling acc)
+///   O += P V                  accumulate()  (RowProducts::accumulate)
+/// The decode schedule runs the steps of one key tile for every kv group a few key rows at a time
+/// (absorb_all()), so memory is read in whole key rows while they are hot.
+
+#include <algorithm>
+#include <limits>
+
+#include "attend/detail/assert.hpp"
+#include "attend/detail/finite.hpp"
+#include "attend/detail/online_softmax.hpp"
+#include "attend/detail/problem.hpp"
+#include "attend/detail/query_tile.hpp"
+#include "attend/detail/row_products.hpp"
+#include "attend/detail/score_transform.hpp"
+#include "attend/shapes.hpp"
+
+namespace attend::detail {
+
+/// Scratch space of the rows mainloop for tiles of up to `rows` rows and key tiles of up to `keys` keys; sized
+/// once per thread, reused for every tile.
+template <class T>
+struct RowsWorkspace {
+  Matrix<T> q;       ///< [rows, d]: the tile's stacked, scaled queries
+  Matrix<T> scores;  ///< [rows, keys]: S, then P in place
+  Matrix<T> acc;     ///< [rows, dv]: the unnormalized output rows, then the normalized ones
+  Vector<T> max;     ///< running row maximum m
+  Vector<T> sum;     ///< running row sum l, then the log-sum-exp
+
+  RowsWorkspace(Index rows, Index keys, Index d, Index dv)
+      : q(rows, d), scores(rows, keys), acc(rows, dv), max(rows), sum(rows) {}
+};
+
+/// One query tile through the rows mainloop: the constructor, absorb() key tiles in increasing order, finish().
+template <class T>
+class RowsTile {
+ public:
+  RowsTile(const Problem<T>& pb, const GroupKeys<T>& kv, Index g, Index p0, Index p1, RowsWorkspace<T>& ws)
+      : tile_(pb, g, p0, p1), kv_(kv), ws_(ws), transform_(pb) {
+    const Index rows = tile_.rows();
+    ATTEND_DASSERT(rows <= ws.q.rows(), "the tile's rows fit the rows workspace");
+    tile_.load_queries(ws.q);
+    ws.max.head(rows).setConstant(-std::numeric_limits<T>::infinity());
+    ws.sum.head(rows).setZero();
+    ws.acc.topRows(rows).setZero();
+  }
+
+  const QueryTile<T>& tile() const { return tile_; }
+
+  /// Folds keys [kt, kt + tk) (within tile().keys()) into the running softmax. A value row whose key is hidden
+  /// from a query (by the mask or a -inf bias) is never multiplied into that query's output, so infinities or NaN
+  /// stored there cannot leak through 0 * inf.
+  void absorb(Index kt, Index tk) { absorb_all(this, 1, kt, tk, tk); }
+
+  /// absorb(kt, tk) for `count` tiles at once, `step` key rows at a time through all of them: the scores, then
+  /// each tile's softmax step, then the weighted values. With the tiles of every kv group over the same keys
+  /// (decoding), memory is then read a few whole key rows at a time rather than as one page-strided column slice
+  /// per group. Forced inline so that the caller's constant step reaches the loops.
+  EIGEN_ALWAYS_INLINE static void absorb_all(RowsTile* tiles, Index count, Index kt, Index tk, Index step) {
+    for (Index i = 0; i < count; ++i) tiles[i].begin(kt, tk);
+    for (Index j = kt; j < kt + tk; j += step)
+      for (Index i = 0; i < count; ++i) tiles[i].scores(j, std::min(j + step, kt + tk));
+    for (Index i = 0; i < count; ++i) tiles[i].softmax();
+    for (Index j = kt; j < kt + tk; j += step)
+      for (Index i = 0; i < count; ++i) tiles[i].accumulate(j, std::min(j + step, kt + tk));
+  }
+
+  /// Leaves in ws.acc the normalized rows (position-major stack) and in ws.sum each row's log-sum-exp of its
+  /// visible scaled scores (-inf, with a zero row, when it saw no key).
+  void finish() {
+    auto l = ws_.sum.head(tile_.rows());
+    for (Index r = 0; r < tile_.rows(); ++r) {
+      if (l[r] == T(0))
+        ws_.acc.row(r).setZero();  // saw no key: zeros, as the contract says, whatever V held
+      else
+        ws_.acc.row(r) /= l[r];  // O = acc / l
+      l[r] = online_softmax::log_sum_exp(ws_.max[r], l[r]);
+    }
+  }
+
+ private:
+  // begin(kt, tk), scores() on consecutive key ranges covering the tile, softmax(), then accumulate() on
+  // consecutive ranges covering it again.
+  void begin(Index kt, Index tk) {
+    ATTEND_DASSERT(tk <= ws_.scores.cols(), "a key tile fits the rows workspace");
+    part_ = tile_.rows_seeing(kt, tk);
+    kt_ = kt;
+    tk_ = tk;
+  }
+
+  /// S = Q K^T for keys [j0, j1) of the tile begun.
+  void scores(Index j0, Index j1) {
+    const Index r0 = part_.r0, rows = part_.r1 - part_.r0;
+    if (rows == 0) return;
+    const auto q = ws_.q.middleRows(r0, rows);
+    const auto k = kv_.k.middleRows(j0, j1 - j0);
+    RowProducts<T>::scores(&ws_.scores(0, j0 - kt_), ws_.scores.outerStride(), q.data(), q.outerStride(), rows,
+                           k.data(), k.outerStride(), j1 - j0, tile_.problem().d);
+  }
+
+  /// The score transform and the online-softmax step of the tile begun, row by row: the scores become the
+  /// weights P, 0 where a key is hidden.
+  void softmax() {
+    const Index kt = kt_, tk = tk_, r0 = part_.r0, rows = part_.r1 - part_.r0;
+    const bool cut_by_mask = part_.cut_by_mask;
+    skip_zero_weights_ = false;
+    if (rows == 0) return;
+    auto m = ws_.max.segment(r0, rows);
+    auto l = ws_.sum.segment(r0, rows);
+    auto acc = ws_.acc.middleRows(r0, rows);
+    auto s = ws_.scores.topLeftCorner(rows, tk);
+
+    transform_.rows(s, kt, [&](Index r) { return tile_.position(r0 + r); });
+    for (Index r = 0; r < rows; ++r) {
+      const auto [lo, hi] = tile_.visible(r0 + r, kt, tk, cut_by_mask);
+      s.row(r).head(lo).setZero();  // hidden: 0, never exponentiated (see online_softmax.hpp)
+      s.row(r).tail(tk - hi).setZero();
+      if (lo == hi) continue;  // nothing visible here: m, l and acc stay as they are
+      online_softmax::row_step(m[r], l[r], s.row(r).segment(lo, hi - lo).array(), transform_.has_bias(),
+                               [&](T alpha) { acc.row(r) *= alpha; });  // acc' = alpha acc
+    }
+    // Zero weights times non-finite values would poison the row: see finite.hpp.
+    skip_zero_weights_ = (cut_by_mask || transform_.has_bias()) && !all_finite(kv_.v.middleRows(kt, tk));
+  }
+
+  /// O += P V for keys [j0, j1) of the tile begun, after softmax().
+  void accumulate(Index j0, Index j1) {
+    const Index r0 = part_.r0, rows = part_.r1 - part_.r0;
+    if (rows == 0) return;
+    auto acc = ws_.acc.middleRows(r0, rows);
+    const auto v = kv_.v.middleRows(j0, j1 - j0);
+    const T* p = &ws_.scores(0, j0 - kt_);
+    const Index ldp = ws_.scores.outerStride();
+    if (skip_zero_weights_) {
+      for (Index r = 0; r < rows; ++r)
+        for (Index j = 0; j < j1 - j0; ++j)
+          if (p[r * ldp + j] != T(0)) acc.row(r) += p[r * ldp + j] * v.row(j);
+    } else {
+      RowProducts<T>::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, v.data(), v.outerStride(), j1 - j0,
+                                 tile_.problem().dv);
+    }
+  }
+
+  QueryTile<T> tile_;
+  const GroupKeys<T>& kv_;
+  RowsWorkspace<T>& ws_;
+  ScoreTransform<T> transform_;
+  // The key tile begun (begin()).
+  typename QueryTile<T>::Part part_{false, 0, 0};
+  Index kt_ = 0, tk_ = 0;
+  bool skip_zero_weights_ = false;
+};
+
+}  // namespace attend::detail

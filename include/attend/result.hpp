@@ -1,0 +1,68 @@
+#pragma once
+/// \file
+/// Attention results with their log-sum-exp, and their exact merge over disjoint key sets.
+
+#include <vector>
+
+#include "attend/detail/checks.hpp"
+#include "attend/detail/merge.hpp"
+#include "attend/errors.hpp"
+#include "attend/shapes.hpp"
+
+namespace attend {
+
+/// Attention output with the log-sum-exp of each row's visible scaled scores, per head: what is needed to merge
+/// attention over disjoint key sets (split across threads, machines or cache segments) exactly.
+/// `out` is [Lq, H*dv]; `lse` is [Lq, H], -infinity where a head's row saw no key.
+template <class T>
+struct AttentionResult {
+  Matrix<T> out;
+  Matrix<T> lse;
+};
+
+/// Merges attention results computed for the same queries over disjoint sets of keys into the result over
+/// their union: per row and head, out = sum_i exp(lse_i - lse) out_i with lse = log sum_i exp(lse_i).
+/// Exact up to rounding; a part with lse = -inf (no visible key) contributes nothing.
+///
+/// **Shapes:** n x ((Lq,H*dv), (Lq,H)) => ((Lq,H*dv), (Lq,H))
+/// \pre at least one part; all parts of equal shapes; H >= 1 dividing the output columns.
+/// \throws attend::shape_error when a precondition fails.
+template <class T>
+AttentionResult<T> merge_attention(const std::vector<AttentionResult<T>>& parts) {
+  detail::static_check_scalars<T>();
+  constexpr const char* fn = "merge_attention";
+  if (parts.empty()) detail::fail(fn, "parts is empty, expected at least one result");
+  const Index rows = parts[0].out.rows(), cols = parts[0].out.cols(), heads = parts[0].lse.cols();
+  if (heads < 1 || cols % heads != 0 || parts[0].lse.rows() != rows)
+    detail::fail(fn, "parts[0].lse is ", detail::shape_of(parts[0].lse), ", expected [Lq, H] with H dividing out ",
+                 detail::shape_of(parts[0].out));
+  for (std::size_t i = 1; i < parts.size(); ++i)
+    if (parts[i].out.rows() != rows || parts[i].out.cols() != cols || parts[i].lse.rows() != rows ||
+        parts[i].lse.cols() != heads)
+      detail::fail(fn, "parts[", i, "] has out ", detail::shape_of(parts[i].out), " and lse ",
+                   detail::shape_of(parts[i].lse), ", expected ", detail::Shape{rows, cols}, " and ",
+                   detail::Shape{rows, heads}, " as parts[0]");
+  const Index dv = cols / heads;
+  AttentionResult<T> merged{Matrix<T>(rows, cols), Matrix<T>(rows, heads)};
+  if (rows == 0) return merged;  // offsetting an empty matrix's null data pointer is undefined behaviour
+  std::vector<detail::PartRows<T>> rows_of(parts.size());
+  Vector<T> scratch(dv);
+  for (Index h = 0; h < heads; ++h) {
+    for (std::size_t i = 0; i < parts.size(); ++i)
+      rows_of[i] = {parts[i].out.data() + h * dv, cols, parts[i].lse.data() + h, heads};
+    detail::merge_rows<T>(rows_of.data(), rows_of.size(), rows, dv, scratch.data(),
+                          [&](Index r, const auto& row, T lse) {
+                            merged.out.block(r, h * dv, 1, dv) = row;
+                            merged.lse(r, h) = lse;
+                          });
+  }
+  return merged;
+}
+
+/// merge_attention() of two results.
+template <class T>
+AttentionResult<T> merge_attention(const AttentionResult<T>& a, const AttentionResult<T>& b) {
+  return merge_attention(std::vector<AttentionResult<T>>{a, b});
+}
+
+}  // namespace attend
