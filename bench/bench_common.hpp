@@ -114,7 +114,7 @@ inline void naive_attention(const Mat& q, const Mat& k, const Mat& v, int heads,
 }
 
 /// Useful attention FLOPs: 4 * Lq * Lk * d per query head (two products of 2*Lq*Lk*d), counting only the key
-/// positions each query can see. For a causal square this is the "halved" count (L*L/2, not L(L+1)/2)
+/// positions each query can see. For a causal square this is the "halved" count (L*L/2, not L(L+1)/2)
 /// when `exact` is false.
 inline double attention_flops(Index lq, Index lk, Index d, int heads, bool causal, bool exact) {
   double pairs = double(lq) * double(lk);

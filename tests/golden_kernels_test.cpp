@@ -360,7 +360,7 @@ TYPED_TEST(GoldenKernels, ExpressionInputs) {
   worst.print(type_tag<TypeParam>() + " expressions");
 }
 
-// The data file is present and covers what issue 2 asks for.
+// The data file is present and covers every kernel kind, mask and option.
 TEST(GoldenKernelsFile, CoversEveryKindAndOption) {
   const auto& cases = all_cases();
   int sdpa = 0, weights = 0, mha = 0, gqa = 0, mqa = 0, dv_ne_d = 0, bias_inf = 0;
@@ -406,8 +406,8 @@ TEST(GoldenKernelsFile, CoversEveryKindAndOption) {
   }
 }
 
-// The hand-checkable example of issue 2 is in the file with the values a reader computes on paper.
-TEST(GoldenKernelsFile, PaperExample) {
+// The hand-checkable example is in the file with the values a reader computes on paper.
+TEST(GoldenKernelsFile, HoldsThePaperExampleWithItsHandComputedValues) {
   for (const GoldenCase& c : all_cases()) {
     if (c.name != "sdpa_paper_example") continue;
     const Eigen::MatrixXd& o = c.at("out");

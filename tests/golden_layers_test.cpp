@@ -1,4 +1,4 @@
-// Golden tests of the layer level (issue 3) against PyTorch: tests/data/layers.txt, written by
+// Golden tests of the layer level against PyTorch: tests/data/layers.txt, written by
 // tests/reference/generate_layers.py in float64 from
 //   mha_layer   torch.nn.MultiheadAttention (packed in_proj split into q/k/v, biases, self / causal / cross)
 //   gqa_layer   Llama-style GQA / MQA in torch ops (repeat_kv, head_dim != d_model / heads, with/without bias)
@@ -532,7 +532,7 @@ TEST(GoldenLayersSensitivity, ErrorsThatMustBeCaught) {
   EXPECT_GE(checked, 50);
 }
 
-// The data file is present and covers what issue 3 asks for.
+// The data file is present and covers every layer kind.
 TEST(GoldenLayersFile, CasesPerKindAndCoverage) {
   std::map<std::string, int> per_kind;
   for (const GoldenCase& c : all_cases()) ++per_kind[c.kind];

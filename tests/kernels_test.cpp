@@ -41,7 +41,7 @@ const Mask kMasks[] = {Mask::none(),
 // row 0 scores [1,0,1]/sqrt2 -> weights [e,1,e]/(2e+1); by symmetry of keys 0 and 2 around key 1 the output is
 // the middle value row [3,4]. Row 1 scores [0,1,1]/sqrt2 -> weights [1,e,e]/(1+2e):
 // ([1,2] + e*[8,10]) / (1+2e) = [3.406673, 4.406673].
-TEST(HandComputed, IssueExampleUnmasked) {
+TEST(HandComputed, TwoQueriesOverThreeKeysGiveThePaperValues) {
   Matrix<double> q(2, 2), k(3, 2), v(3, 2);
   q << 1, 0, 0, 1;
   k << 1, 0, 0, 1, 1, 1;
@@ -57,7 +57,7 @@ TEST(HandComputed, IssueExampleUnmasked) {
 
 // Same inputs, bottom-right causal (Lq=2, Lk=3): query 0 sees keys 0 and 1 with weights [e,1]/(e+1) =
 // [0.669762, 0.330238] -> [1.660476, 2.660476]; query 1 sees all three keys, as unmasked.
-TEST(HandComputed, IssueExampleCausal) {
+TEST(HandComputed, BottomRightCausalHidesTheLastKeyFromTheFirstQuery) {
   Matrix<float> q(2, 2), k(3, 2), v(3, 2);
   q << 1, 0, 0, 1;
   k << 1, 0, 0, 1, 1, 1;
@@ -87,7 +87,7 @@ TEST(HandComputed, EqualKeysAverageValues) {
 
 // Softcap 1 with scale 1: scores q.k = [10, 0] become [tanh(10), 0] = [0.9999999959, 0]; weights
 // [e^t, 1]/(e^t + 1) = [0.7310585778, 0.2689414222] instead of nearly [1, 0] without the cap.
-TEST(HandComputed, Softcap) {
+TEST(HandComputed, SoftcapBoundsTheScores) {
   Matrix<double> q(1, 1), k(2, 1), v(2, 1);
   q << 10;
   k << 1, 0;
@@ -101,7 +101,7 @@ TEST(HandComputed, Softcap) {
 }
 
 // A bias of log(3) on key 0 with equal raw scores triples its weight: [3,1]/4.
-TEST(HandComputed, AdditiveBias) {
+TEST(HandComputed, AdditiveBiasOfLogThreeTriplesAWeight) {
   Matrix<double> q = Matrix<double>::Zero(1, 2), k = Matrix<double>::Ones(2, 2), v(2, 1), b(1, 2);
   v << 4, 8;
   b << std::log(3.0), 0;
@@ -115,12 +115,14 @@ template <class T>
 class Kernels : public ::testing::Test {};
 TYPED_TEST_SUITE(Kernels, attend_test::Scalars);
 
-// Sizes straddle the default tiles (64 query rows, 256 keys): 1, B-1, B, B+1 on both axes, Lq != Lk, decode.
-TYPED_TEST(Kernels, ScaledDotProductMatchesReferenceAroundTileSizes) {
+// Sizes straddle the default tiles: query tiles of 256 rows (one head, so 256 positions), key tiles of 256 and cut
+// tiles of 64, 16 rows as the limit of the rows mainloop, and more than 1024 keys for the split-key decode path: 1,
+// B-1, B, B+1 on both axes, Lq != Lk, decode.
+TYPED_TEST(Kernels, ScaledDotProductMatchesReferenceAroundTheDefaultTiles) {
   using T = TypeParam;
   std::mt19937 rng(7);
-  const Index lqs[] = {1, 63, 64, 65, 130};
-  const Index lks[] = {1, 255, 256, 257};
+  const Index lqs[] = {1, 15, 16, 17, 255, 256, 257};
+  const Index lks[] = {1, 63, 65, 255, 256, 257, 1500};
   for (Index lq : lqs)
     for (Index lk : lks)
       for (const Mask& m : {Mask::none(), Mask::causal(), Mask::causal_top_left(), Mask::sliding_window(70)}) {
@@ -135,7 +137,7 @@ TYPED_TEST(Kernels, ScaledDotProductMatchesReferenceAroundTileSizes) {
 // Small tiles through the kernel itself reach every tile case (skipped, cut by the mask, fully visible,
 // partial last tile) with cheap sizes: 1, B-1, B, B+1, 3B+2 for tiles of 4 queries and 8 keys. Short queries
 // (one query tile per group) take the split-key decode path with chunks of 8 keys.
-TYPED_TEST(Kernels, BlockedKernelWithSmallTiles) {
+TYPED_TEST(Kernels, SmallTilesReachEveryTileCaseAndMatchTheReference) {
   using T = TypeParam;
   std::mt19937 rng(11);
   for (Index few_rows : {16, 0}) {  // products on unpacked rows; packed products on every tile
@@ -256,7 +258,7 @@ TYPED_TEST(Kernels, AttentionWeightsMatchReferenceAndRowsSumToOneOrZero) {
     }
 }
 
-TYPED_TEST(Kernels, ScaleSoftcapAndBias) {
+TYPED_TEST(Kernels, ScaleSoftcapAndBiasMatchTheReference) {
   using T = TypeParam;
   std::mt19937 rng(5);
   const auto q = random_matrix<T>(10, 8, rng, 3.0), k = random_matrix<T>(12, 8, rng, 3.0);
@@ -306,7 +308,7 @@ TYPED_TEST(Kernels, MultiHeadIsConcatenationOfPerHeadAttention) {
   }
 }
 
-TYPED_TEST(Kernels, StudyNamesAreHeadCounts) {
+TYPED_TEST(Kernels, GqaAndMqaAreHeadCountsOfOneKernel) {
   using T = TypeParam;
   std::mt19937 rng(2);
   const auto q = random_matrix<T>(6, 8 * 4, rng), k = random_matrix<T>(9, 2 * 4, rng);
@@ -356,85 +358,6 @@ TYPED_TEST(Kernels, IntoOverloadsWriteTheSameResult) {
   attend::scaled_dot_product_attention_into(q.leftCols(4), k, v, wide.middleCols(3, 6), o);
   EXPECT_EQ(Matrix<T>(wide.middleCols(3, 6)), attend::scaled_dot_product_attention(q.leftCols(4), k, v, o));
   EXPECT_TRUE((wide.leftCols(3).array() == T(7)).all());
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Numerical edge cases.
-
-TYPED_TEST(Kernels, LogitsInTheThousandsDoNotOverflow) {
-  using T = TypeParam;
-  std::mt19937 rng(8);
-  const auto q = random_matrix<T>(20, 16, rng, 30.0), k = random_matrix<T>(300, 16, rng, 30.0);
-  const auto v = random_matrix<T>(300, 8, rng);
-  Options o;
-  o.scale = 1.0;  // |s| up to ~10^4
-  for (const Mask& m : {Mask::none(), Mask::causal()}) {
-    o.mask = m;
-    const Matrix<T> got = attend::scaled_dot_product_attention(q, k, v, o);
-    ASSERT_TRUE(got.allFinite());
-    // Scores of ~1e4 in float carry an absolute rounding of ~1e-3, which moves near-tied weights; the double
-    // reference on the same inputs still pins the result well below the spread of V.
-    const double tol = std::is_same_v<T, float> ? 2e-2 : 1e-9;
-    EXPECT_LE(max_abs_diff(got, attend::reference::scaled_dot_product_attention(q, k, v, o)), tol);
-    EXPECT_LE(max_abs_diff(attend::attention_weights(q, k, o), attend::reference::attention_weights(q, k, o)), tol);
-  }
-}
-
-TYPED_TEST(Kernels, RowsWithoutVisibleKeysAreZero) {
-  using T = TypeParam;
-  std::mt19937 rng(10);
-  // Bottom-right causal with Lq > Lk: the first Lq - Lk rows see nothing.
-  const auto q = random_matrix<T>(6, 4, rng), k = random_matrix<T>(2, 4, rng), v = random_matrix<T>(2, 3, rng);
-  const Matrix<T> o = attend::scaled_dot_product_attention(q, k, v, with_mask(Mask::causal()));
-  EXPECT_TRUE(o.topRows(4).isZero(0));
-  EXPECT_TRUE(o.bottomRows(2).allFinite());
-  EXPECT_TRUE(attend::attention_weights(q, k, with_mask(Mask::causal())).topRows(4).isZero(0));
-  // Lk == 0: every row sees nothing.
-  const Matrix<T> none = attend::scaled_dot_product_attention(q, Matrix<T>(0, 4), Matrix<T>(0, 3));
-  ASSERT_EQ(none.rows(), 6);
-  ASSERT_EQ(none.cols(), 3);
-  EXPECT_TRUE(none.isZero(0));
-  EXPECT_EQ(attend::attention_weights(q, Matrix<T>(0, 4)).cols(), 0);
-  // Lq == 0: an empty result of the right width.
-  EXPECT_EQ(attend::scaled_dot_product_attention(Matrix<T>(0, 4), k, v).cols(), 3);
-}
-
-TYPED_TEST(Kernels, NanInOneQueryRowStaysInThatRow) {
-  using T = TypeParam;
-  std::mt19937 rng(12);
-  auto q = random_matrix<T>(70, 8, rng);
-  const auto k = random_matrix<T>(300, 8, rng), v = random_matrix<T>(300, 8, rng);
-  q(33, 2) = std::numeric_limits<T>::quiet_NaN();
-  for (const Mask& m : {Mask::none(), Mask::causal()}) {
-    const Matrix<T> o = attend::scaled_dot_product_attention(q, k, v, with_mask(m));
-    for (Index i = 0; i < o.rows(); ++i) EXPECT_EQ(o.row(i).array().isNaN().any(), i == 33) << i;
-  }
-}
-
-// A key the mask hides never reaches an output, even when its key or value holds inf or NaN.
-TYPED_TEST(Kernels, HiddenNonFiniteKeysNeverReachOutputs) {
-  using T = TypeParam;
-  std::mt19937 rng(13);
-  const auto q = random_matrix<T>(10, 4, rng);
-  auto k = random_matrix<T>(10, 4, rng), v = random_matrix<T>(10, 3, rng);
-  k(9, 0) = std::numeric_limits<T>::infinity();
-  v(9, 1) = std::numeric_limits<T>::quiet_NaN();
-  v(8, 2) = std::numeric_limits<T>::infinity();
-  const Options o = with_mask(Mask::causal());
-  const Matrix<T> out = attend::scaled_dot_product_attention(q, k, v, o);
-  EXPECT_TRUE(out.topRows(8).allFinite());  // rows 0..7 cannot see keys 8 and 9
-  // and when the hidden keys share a tile with visible ones
-  const auto small =
-      attend_test::tiles().with_queries(4).with_keys(4).with_decode_chunk(4).with_few_rows_keys(4).with_cut_keys(2);
-  const Matrix<T> tiled = attend_test::kernel(q, k, v, Heads{1, 1}, o, small);
-  EXPECT_TRUE(tiled.topRows(8).allFinite());
-  // A -inf bias hides values the same way. (Not keys: an infinite key score plus a -inf bias is NaN, as in
-  // PyTorch; the contract promises that only for keys hidden by the Mask.)
-  k(9, 0) = 1;
-  Matrix<T> bias = Matrix<T>::Zero(10, 10);
-  bias.col(8).setConstant(-std::numeric_limits<T>::infinity());
-  bias.col(9).setConstant(-std::numeric_limits<T>::infinity());
-  EXPECT_TRUE(attend::scaled_dot_product_attention(q, k, v, bias).allFinite());
 }
 
 }  // namespace

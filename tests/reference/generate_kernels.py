@@ -275,7 +275,7 @@ def mha_case(name, H, G, lq, lk, d, dv, mask=("none",), scale=None, softcap=0.0)
 
 
 def main():
-    # A tiny case a reader can check on paper (issue 2): Q=[[1,0],[0,1]], K=[[1,0],[0,1],[1,1]],
+    # A tiny case a reader can check on paper: Q=[[1,0],[0,1]], K=[[1,0],[0,1],[1,1]],
     # V=[[1,2],[3,4],[5,6]], unmasked, gives O=[[3,4],[3.406673,4.406673]].
     q = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=DT)
     k = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=DT)

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Golden reference values for attend's layers (issue 3: MHA/GQA/MQA, RoPE, MLA, conversions).
+"""Golden reference values for attend's layers (MHA/GQA/MQA, RoPE, MLA, conversions).
 
 Writes tests/data/layers.txt (read by tests/golden_layers_test.cpp through tests/golden.hpp, the
 same text format as tests/data/kernels.txt; scalar settings are 'param <name> <value>' lines).
