@@ -6,8 +6,9 @@
 # or through sudo). Exits with a message naming the missing packages when it cannot install them.
 
 ATTEND_DEBIAN_PACKAGES=(cmake make g++ libeigen3-dev libgtest-dev libbenchmark-dev)
-# What scripts/test.sh needs on top: MPI for the ring-attention tests (mpiexec -n 2, 3, 4).
-ATTEND_TEST_DEBIAN_PACKAGES=(libopenmpi-dev openmpi-bin)
+# What scripts/test.sh needs on top: MPI for the ring-attention tests (mpiexec -n 2, 3, 4) and clang-format
+# for scripts/check_format.sh.
+ATTEND_TEST_DEBIAN_PACKAGES=(libopenmpi-dev openmpi-bin clang-format)
 
 attend_package_installed() {
   dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed'

@@ -1,11 +1,12 @@
 # Builds and runs tests/consumer against attend, as a downstream project would.
 #
-#   cmake -DMODE=package|subdirectory|fetchcontent -DATTEND_SOURCE_DIR=... -DATTEND_BINARY_DIR=...
+#   cmake -DMODE=package|buildtree|subdirectory|fetchcontent -DATTEND_SOURCE_DIR=... -DATTEND_BINARY_DIR=...
 #         -DCONSUMER_SOURCE_DIR=... -DWORK_DIR=... [-DCONFIG=Release] [-DGENERATOR=...]
 #         [-DCXX_COMPILER=...] [-DUSE_OPENMP=ON] -P run_consumer.cmake
 #
 # package:      cmake --install <ATTEND_BINARY_DIR> --prefix <WORK_DIR>/prefix, then find_package(attend)
 #               with CMAKE_PREFIX_PATH=<WORK_DIR>/prefix.
+# buildtree:    find_package(attend) with attend_DIR=<ATTEND_BINARY_DIR> (no install).
 # subdirectory: add_subdirectory(<ATTEND_SOURCE_DIR>); fetchcontent: FetchContent from the source tree.
 # Any failing step stops the script with that step's output.
 cmake_minimum_required(VERSION 3.16)
@@ -56,6 +57,8 @@ if(MODE STREQUAL "package")
     endif()
   endforeach()
   list(APPEND _configure "-DCMAKE_PREFIX_PATH=${_prefix}" "-DATTEND_EXPECTED_PREFIX=${_prefix}")
+elseif(MODE STREQUAL "buildtree")
+  list(APPEND _configure "-Dattend_DIR=${ATTEND_BINARY_DIR}" "-DATTEND_EXPECTED_PREFIX=${ATTEND_BINARY_DIR}")
 elseif(MODE STREQUAL "subdirectory" OR MODE STREQUAL "fetchcontent")
   list(APPEND _configure "-DATTEND_SOURCE_DIR=${ATTEND_SOURCE_DIR}")
   if(DEFINED USE_OPENMP AND NOT USE_OPENMP STREQUAL "")
