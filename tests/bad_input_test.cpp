@@ -238,8 +238,9 @@ struct BadOption {
   std::string fragment;
   bool float_only = false;
 };
-const std::vector<BadOption>& bad_options() {
-  static const std::vector<BadOption> all = {
+// `heads`: the query heads of the call, which sinks and ALiBi slopes must match one for one.
+std::vector<BadOption> bad_options(int heads = 1) {
+  std::vector<BadOption> all = {
       {"Scale0", scale(0), "options.scale is 0, expected a finite value > 0"},
       {"ScaleNegative", scale(-0.5), "options.scale is -0.5"},
       {"ScaleInf", scale(kInf), "options.scale is inf"},
@@ -256,6 +257,35 @@ const std::vector<BadOption>& bad_options() {
       {"SoftcapReciprocalBeyondFloat", softcap(1e-40),
        "options.softcap is 1e-40, which float cannot represent together with its reciprocal", true},
   };
+  const std::string per_head = "expected 0 or one per query head (" + std::to_string(heads) + ")";
+  const auto with = [](std::vector<double> sinks, std::vector<double> slopes) {
+    Options o;
+    o.sinks = std::move(sinks);
+    o.alibi_slopes = std::move(slopes);
+    return o;
+  };
+  const std::vector<double> ok(static_cast<std::size_t>(heads), 0.5);
+  const auto one_bad = [&](double x) {
+    std::vector<double> v = ok;
+    v.back() = x;
+    return v;
+  };
+  const std::string last = "[" + std::to_string(heads - 1) + "] is ";
+  all.push_back({"SinksOneTooMany", with(std::vector<double>(heads + 1, 0.0), {}),
+                 "options.sinks has " + std::to_string(heads + 1) + " entries, " + per_head});
+  if (heads > 1)
+    all.push_back({"SinksTooFew", with(std::vector<double>(heads - 1, 0.0), {}),
+                   "options.sinks has " + std::to_string(heads - 1) + " entries, " + per_head});
+  all.push_back({"SinkNaN", with(one_bad(kNaN), {}), "options.sinks" + last + "nan, expected a value finite in"});
+  all.push_back({"SinkInf", with(one_bad(-kInf), {}), "options.sinks" + last + "-inf"});
+  all.push_back({"SinkBeyondFloat", with(one_bad(1e300), {}),
+                 "options.sinks" + last + "1e+300, expected a value finite in float", true});
+  all.push_back({"AlibiOneTooMany", with({}, std::vector<double>(heads + 1, 0.0)),
+                 "options.alibi_slopes has " + std::to_string(heads + 1) + " entries, " + per_head});
+  all.push_back(
+      {"AlibiSlopeNegative", with({}, one_bad(-0.25)), "options.alibi_slopes" + last + "-0.25, expected a slope >= 0"});
+  all.push_back({"AlibiSlopeNaN", with({}, one_bad(kNaN)), "options.alibi_slopes" + last + "nan"});
+  all.push_back({"AlibiSlopeInf", with({}, one_bad(kInf)), "options.alibi_slopes" + last + "inf"});
   return all;
 }
 
@@ -400,7 +430,7 @@ void add_single_head(Catalogue& c) {
             with([](World& w, auto&, auto&, auto&, auto&, auto& out, auto&) { out = &w.out_empty; }),
             {p, "out is [0, 0], expected [4, 6]"});
     }
-    for (const BadOption& bo : bad_options()) {
+    for (const BadOption& bo : bad_options(1)) {
       if (bo.float_only && kn.fn.rfind("reference::", 0) == 0) continue;
       const Options opt = bo.options;
       c.add(kn.name + "_" + bo.name, with([opt](World&, auto&, auto&, auto&, auto&, auto&, auto& o) { o = opt; }),
@@ -460,7 +490,7 @@ void add_multi_head(Catalogue& c) {
       c.add(kn.name + "_OutShape",
             with([](World& w, auto&, auto&, auto&, auto&, auto& out, auto&) { out = &w.outh_bad; }),
             {p, "out is [4, 11], expected [4, 12]"});
-    for (const BadOption& bo : bad_options()) {
+    for (const BadOption& bo : bad_options(4)) {
       if (bo.float_only && kn.fn.rfind("reference::", 0) == 0) continue;
       const Options opt = bo.options;
       c.add(kn.name + "_" + bo.name, with([opt](World&, auto&, auto&, auto&, auto&, auto&, auto& o) { o = opt; }),
@@ -479,11 +509,48 @@ void add_multi_head(Catalogue& c) {
         {p, "k has 8 columns, expected kv heads (1) * head dim (4) = 4", "k [5, 8]"});
   c.add("Mqa_ValueRows", [](World& w) { attend::multi_query_attention(w.qh, w.kq, w.vh_long, 4); },
         {p, "v has 6 rows, expected k's 5", "v [6, 6]"});
-  for (const BadOption& bo : bad_options()) {
+  for (const BadOption& bo : bad_options(4)) {
     const Options opt = bo.options;
     c.add("Mqa_" + bo.name, [opt](World& w) { attend::multi_query_attention(w.qh, w.kq, w.vq, 4, opt); },
           {p, bo.fragment});
   }
+}
+
+void add_sinks_and_slopes(Catalogue& c) {
+  const std::string p = prefix("apply_sinks");
+  const std::vector<double> four(4, 0.5);
+  c.add("ApplySinks_ThreeForFourHeads",
+        [](World& w) {
+          attend::apply_sinks(w.parts[0], {1, 2, 3});
+        },
+        {p, "sinks has 3 entries, expected one per head of the result (4)"});
+  c.add("ApplySinks_None", [](World& w) { attend::apply_sinks(w.parts[0], {}); },
+        {p, "sinks has 0 entries, expected one per head of the result (4)"});
+  c.add("ApplySinks_NaN",
+        [](World& w) {
+          attend::apply_sinks(w.parts[0], {0, 0, kNaN, 0});
+        },
+        {p, "sinks[2] is nan, expected a finite value"});
+  c.add("ApplySinks_Inf", [](World& w) { attend::apply_sinks(w.parts[0], {0, kInf, 0, 0}); }, {p, "sinks[1] is inf"});
+  c.add("ApplySinks_BeyondFloat",
+        [](World& w) {
+          attend::apply_sinks(w.parts[0], {0, 0, 0, 1e300});
+        },
+        {p, "sinks[3] is 1e+300"});
+  c.add(
+      "ApplySinks_LseRows", [](World& w) { w.parts[0].lse = M::Zero(3, 4); },
+      [four](World& w) { attend::apply_sinks(w.parts[0], four); },
+      {p, "sink_free.lse is [3, 4], expected [Lq, H] with H dividing out [4, 12]"});
+  c.add(
+      "ApplySinks_HeadsDoNotDivideOut", [](World& w) { w.parts[0].lse = M::Zero(4, 5); },
+      [](World& w) { attend::apply_sinks(w.parts[0], std::vector<double>(5, 0.0)); }, {p, "sink_free.lse is [4, 5]"});
+  const std::string g = prefix("geometric_alibi_slopes");
+  c.add("GeometricSlopes_Heads0", [](World&) { attend::geometric_alibi_slopes(0); },
+        {g, "heads is 0, expected at least 1"});
+  c.add("GeometricSlopes_HeadsNegative", [](World&) { attend::geometric_alibi_slopes(-8); }, {g, "heads is -8"});
+  c.add("GeometricSlopes_MaxBias0", [](World&) { attend::geometric_alibi_slopes(8, 0); },
+        {g, "max_bias is 0, expected a finite value > 0"});
+  c.add("GeometricSlopes_MaxBiasNaN", [](World&) { attend::geometric_alibi_slopes(8, kNaN); }, {g, "max_bias is nan"});
 }
 
 void add_merge_and_rope(Catalogue& c) {
@@ -623,7 +690,7 @@ void add_mha(Catalogue& c) {
           fw.name + "_" + wr.name, [spoil](World& w) { spoil(w.mha); }, [call](World& w) { call(w, w.mha, Options{}); },
           {f, wr.fragment});
     }
-    for (const BadOption& bo : bad_options()) {
+    for (const BadOption& bo : bad_options(4)) {
       const Options opt = bo.options;
       c.add(fw.name + "_" + bo.name, [call, opt](World& w) { call(w, w.mha, opt); }, {f, bo.fragment});
     }
@@ -744,7 +811,7 @@ void add_mla(Catalogue& c) {
           fw.name + "_" + wr.name, [spoil, q_lora](World& w) { spoil(q_lora ? w.mla_q : w.mla); },
           [call, q_lora](World& w) { call(w, q_lora ? w.mla_q : w.mla, Options{}); }, {f, wr.fragment});
     }
-    for (const BadOption& bo : bad_options()) {
+    for (const BadOption& bo : bad_options(2)) {
       const Options opt = bo.options;
       c.add(fw.name + "_" + bo.name, [call, opt](World& w) { call(w, w.mla, opt); }, {f, bo.fragment});
     }
@@ -837,6 +904,7 @@ std::vector<Case> catalogue() {
   Catalogue c;
   add_single_head(c);
   add_multi_head(c);
+  add_sinks_and_slopes(c);
   add_merge_and_rope(c);
   add_linear_and_norm(c);
   add_mha(c);

@@ -3,8 +3,10 @@
 // Format (one file, many cases; '#' lines and blank lines between cases are ignored):
 //
 //   case <unique_name>
-//   kind sdpa | weights | mha         kernels (kernels.txt)
+//   kind sdpa | weights | mha         kernels (kernels.txt; sinks_alibi.txt: mha with optional 1 x H
+//                                     matrices 'sinks' and 'alibi', and 'lse')
 //      | mha_layer | gqa_layer | mla_layer | rope | to_grouped | svd     layers (layers.txt)
+//      | slopes                       geometric ALiBi slopes (sinks_alibi.txt)
 //   scale <double>                    optional: custom scale
 //   mask none | causal | causal_top_left | sliding_window <w>     (optional for kind rope only)
 //   softcap <double>                  optional: > 0
@@ -162,9 +164,9 @@ class Parser {
         break;
       } else if (key == "kind") {
         static const std::set<std::string> kinds = {"sdpa",      "weights", "mha",        "mha_layer", "gqa_layer",
-                                                    "mla_layer", "rope",    "to_grouped", "svd"};
+                                                    "mla_layer", "rope",    "to_grouped", "svd",       "slopes"};
         if (w.size() != 2 || kinds.count(w[1]) == 0)
-          fail("expected 'kind sdpa|weights|mha|mha_layer|gqa_layer|mla_layer|rope|to_grouped|svd'");
+          fail("expected 'kind sdpa|weights|mha|mha_layer|gqa_layer|mla_layer|rope|to_grouped|svd|slopes'");
         c.kind = w[1];
       } else if (key == "scale") {
         if (w.size() != 2) fail("expected 'scale <double>'");
@@ -204,7 +206,7 @@ class Parser {
       if (!c.has(key)) fail("case " + name + " (kind " + c.kind + ") lacks matrix '" + key + "'");
     };
     if (c.kind.empty()) fail("case " + name + " has no 'kind'");
-    if (!have_mask && c.kind != "rope") fail("case " + name + " has no 'mask'");
+    if (!have_mask && c.kind != "rope" && c.kind != "slopes") fail("case " + name + " has no 'mask'");
     if (c.kind != "sdpa" && c.kind != "weights" && c.kind != "mha") {
       if (have_heads) fail("case " + name + ": 'heads' only belongs to kind mha");
       if (c.has("bias")) fail("case " + name + ": 'bias' only belongs to kind sdpa");
@@ -268,6 +270,9 @@ inline attend::Options options_of(const GoldenCase& c) {
   } else {
     throw std::runtime_error("golden case " + c.name + ": unknown mask '" + c.mask + "'");
   }
+  const auto row = [](const Eigen::MatrixXd& m) { return std::vector<double>(m.data(), m.data() + m.size()); };
+  if (c.has("sinks")) o.sinks = row(c.m.at("sinks"));
+  if (c.has("alibi")) o.alibi_slopes = row(c.m.at("alibi"));
   return o;
 }
 

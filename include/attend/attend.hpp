@@ -7,8 +7,9 @@
 ///   scaled dot-product attention, attention_weights     scaled_dot_product.hpp
 ///   multi-head (MHA), grouped-query (GQA), multi-query (MQA) attention   multi_head.hpp
 ///   masks (causal, top-left causal, sliding window)      masks.hpp
-///   options: scale, softcap, mask; the default scale     options.hpp
-///   results with log-sum-exp, merge_attention            result.hpp
+///   options: scale, softcap, mask, sinks, ALiBi; the default scale   options.hpp
+///   results with log-sum-exp, merge_attention, apply_sinks   result.hpp
+///   sinks and ALiBi: Options::sinks, alibi_slopes        options.hpp; geometric_alibi_slopes: alibi.hpp
 ///   softmax of a score matrix                            softmax.hpp
 ///   Linear, RMSNorm                                      linear.hpp
 ///   MultiHeadAttention (MHA/GQA/MQA layer)               layers.hpp
@@ -21,6 +22,7 @@
 ///   the kernel itself (tiles, mainloops, schedules)      detail/attention.hpp has its map
 ///   ring attention across processes                      mpi.hpp (not included here)
 
+#include "attend/alibi.hpp"
 #include "attend/caches.hpp"
 #include "attend/convert.hpp"
 #include "attend/errors.hpp"

@@ -210,7 +210,7 @@ struct MultiHeadLatentAttention {
   void check(const char* fn, const Eigen::MatrixBase<Derived>& x, const Options& options) const {
     check_weights(fn);
     detail::check_input(fn, "x", x, config.d_model);
-    detail::check_options<T>(fn, options);
+    detail::check_options<T>(fn, options, config.heads);
   }
 
   Options scaled(const Options& options) const {

@@ -113,7 +113,7 @@ struct MultiHeadAttention {
   void check(const char* fn, const Eigen::MatrixBase<Derived>& x, const Options& options) const {
     check_weights(fn);
     detail::check_input(fn, "x", x, d_model);
-    detail::check_options<T>(fn, options);
+    detail::check_options<T>(fn, options, heads);
   }
 
   template <class Derived>

@@ -1,11 +1,14 @@
 #pragma once
 /// \file
-/// Attention results with their log-sum-exp, and their exact merge over disjoint key sets.
+/// Attention results with their log-sum-exp, their exact merge over disjoint key sets, and sinks applied to a
+/// merged result.
 
+#include <cmath>
 #include <vector>
 
 #include "attend/detail/checks.hpp"
 #include "attend/detail/merge.hpp"
+#include "attend/detail/online_softmax.hpp"
 #include "attend/errors.hpp"
 #include "attend/shapes.hpp"
 
@@ -63,6 +66,35 @@ AttentionResult<T> merge_attention(const std::vector<AttentionResult<T>>& parts)
 template <class T>
 AttentionResult<T> merge_attention(const AttentionResult<T>& a, const AttentionResult<T>& b) {
   return merge_attention(std::vector<AttentionResult<T>>{a, b});
+}
+
+/// The result with sinks (gpt-oss) of a result computed without them: per row and head h,
+/// out *= 1 / (1 + exp(sinks[h] - lse)) and lse = log(exp(lse) + exp(sinks[h])). Attention split over key blocks
+/// (threads, ring attention) computes its parts without sinks, merges them, then applies the sinks once; the
+/// result equals one call with Options::sinks. A row that saw no key stays zero with lse = sinks[h].
+///
+/// **Shapes:** ((Lq,H*dv), (Lq,H)) x H sinks => ((Lq,H*dv), (Lq,H))
+/// \throws attend::shape_error when sinks has other than H entries or a non-finite one, or the result's shapes
+///         disagree (lse [Lq, H] with H dividing out's columns).
+template <class T>
+AttentionResult<T> apply_sinks(const AttentionResult<T>& sink_free, const std::vector<double>& sinks) {
+  detail::static_check_scalars<T>();
+  constexpr const char* fn = "apply_sinks";
+  const Index rows = sink_free.out.rows(), cols = sink_free.out.cols(), heads = sink_free.lse.cols();
+  if (heads < 1 || cols % heads != 0 || sink_free.lse.rows() != rows)
+    detail::fail(fn, "sink_free.lse is ", detail::shape_of(sink_free.lse), ", expected [Lq, H] with H dividing out ",
+                 detail::shape_of(sink_free.out));
+  if (static_cast<Index>(sinks.size()) != heads)
+    detail::fail(fn, "sinks has ", sinks.size(), " entries, expected one per head of the result (", heads, ")");
+  for (std::size_t h = 0; h < sinks.size(); ++h)
+    if (!std::isfinite(sinks[h]) || !std::isfinite(static_cast<T>(sinks[h])))
+      detail::fail(fn, "sinks[", h, "] is ", sinks[h], ", expected a finite value");
+  AttentionResult<T> r = sink_free;
+  const Index dv = cols / heads;
+  for (Index i = 0; i < rows; ++i)
+    for (Index h = 0; h < heads; ++h)
+      detail::online_softmax::apply_sink(r.out.block(i, h * dv, 1, dv), r.lse(i, h), static_cast<T>(sinks[h]));
+  return r;
 }
 
 }  // namespace attend

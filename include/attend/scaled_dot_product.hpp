@@ -104,16 +104,17 @@ namespace detail {
 template <class T>
 Matrix<T> weights(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const ConstRowsRef<T>* bias,
                   const Options& options) {
+  const Problem<T> pb = make_problem(q, k, k, bias, Heads{1, 1}, options);
   const Index lq = q.rows(), lk = k.rows();
-  const T scale = static_cast<T>(scale_for(options, q.cols()));
   Matrix<T> p(lq, lk);
-  p.noalias() = (q * scale) * k.transpose();  // s = scale * (q . k), the scale on q: one GEMM
-  ScoreTransform<T>(static_cast<T>(options.softcap), bias).rows(p, 0, [](Index i) { return i; });
+  p.noalias() = (q * pb.scale) * k.transpose();  // s = scale * (q . k), the scale on q: one GEMM
+  ScoreTransform<T>(pb).rows(
+      p, 0, [](Index i) { return i; }, [](Index) { return Index(0); });
   for (Index i = 0; i < lq; ++i) {
     const KeyRange vis = options.mask.keys(i, lq, lk);
     p.row(i).head(vis.begin).setConstant(-std::numeric_limits<T>::infinity());
     p.row(i).tail(lk - std::max(vis.begin, vis.end)).setConstant(-std::numeric_limits<T>::infinity());
-    softmax_row_in_place(p.row(i));
+    softmax_row_in_place(p.row(i), pb.sinks.empty() ? nullptr : pb.sinks.data());
   }
   return p;
 }

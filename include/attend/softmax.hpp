@@ -2,7 +2,9 @@
 /// \file
 /// Numerically stable softmax over rows of scores, where -infinity marks a hidden key.
 
+#include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "attend/detail/checks.hpp"
 #include "attend/detail/online_softmax.hpp"
@@ -12,9 +14,10 @@ namespace attend {
 namespace detail {
 
 /// Softmax of one row in place. Subtracting the row maximum first keeps exp() in range for logits in the
-/// thousands; a row whose entries are all -infinity (no visible key) becomes all zeros instead of 0/0.
+/// thousands; a row whose entries are all -infinity (no visible key) becomes all zeros instead of 0/0. With a sink,
+/// the denominator gains exp(sink): p_j = exp(s_j - m) / (sum_k exp(s_k - m) + exp(sink - m)).
 template <class RowExpr>
-void softmax_row_in_place(RowExpr&& row) {
+void softmax_row_in_place(RowExpr&& row, const typename std::decay_t<RowExpr>::Scalar* sink = nullptr) {
   using T = typename std::decay_t<RowExpr>::Scalar;
   if (row.size() == 0) return;
   const T m = row.maxCoeff();
@@ -23,7 +26,10 @@ void softmax_row_in_place(RowExpr&& row) {
     return;
   }
   online_softmax::exp_shifted(row.array(), m, true);  // -inf entries become exactly 0 (see online_softmax.hpp)
-  row /= row.sum();
+  if (sink)
+    row /= row.sum() + std::exp(*sink - m);
+  else
+    row /= row.sum();
 }
 
 }  // namespace detail

@@ -31,7 +31,7 @@ void check_attention(const char* fn, const Q& q, const K& k, const V& v, const O
     fail(fn, "k has ", k.cols(), " columns, expected q's ", q.cols(), " (q ", shape_of(q), ", k ", shape_of(k), ")");
   if (v.rows() != k.rows())
     fail(fn, "v has ", v.rows(), " rows, expected k's ", k.rows(), " (k ", shape_of(k), ", v ", shape_of(v), ")");
-  check_options<compute_scalar<Compute, Q>>(fn, options);
+  check_options<compute_scalar<Compute, Q>>(fn, options, 1);
 }
 
 template <class B, class Q, class K>
@@ -59,7 +59,7 @@ void check_multi_head(const char* fn, const Q& q, const K& k, const V& v, Heads 
     fail(fn, "v has ", v.cols(), " columns, expected a multiple of kv heads (", heads.kv, ") (v ", shape_of(v), ")");
   if (v.rows() != k.rows())
     fail(fn, "v has ", v.rows(), " rows, expected k's ", k.rows(), " (k ", shape_of(k), ", v ", shape_of(v), ")");
-  check_options<compute_scalar<Compute, Q>>(fn, options);
+  check_options<compute_scalar<Compute, Q>>(fn, options, heads.query);
 }
 
 template <class O>

@@ -142,4 +142,19 @@ T log_sum_exp(T m, T l) {
   return l == T(0) ? -std::numeric_limits<T>::infinity() : m + std::log(l);
 }
 
+/// A sink (gpt-oss): a logit in the softmax's denominator that belongs to no key. Applied to a finished row, whose
+/// normalized output is `out` and log-sum-exp `lse`, it gives the row with the sink:
+///
+///   out' = out / (1 + exp(sink - lse)),   lse' = log(exp(lse) + exp(sink)),
+///
+/// so the weights sum to less than 1. Because it needs only the finished row, the split-key and ring paths compute
+/// their parts without the sink, merge them, and apply it once. A row that saw no key (lse = -inf) stays zero with
+/// lse' = sink; NaN stays NaN.
+template <class Row, class T>
+void apply_sink(Row&& out, T& lse, T sink) {
+  const T hi = std::max(lse, sink);
+  out *= T(1) / (T(1) + std::exp(sink - lse));                    // out' = out / (1 + exp(sink - lse))
+  lse = hi + std::log(std::exp(lse - hi) + std::exp(sink - hi));  // log(exp(lse) + exp(sink)), shifted
+}
+
 }  // namespace attend::detail::online_softmax

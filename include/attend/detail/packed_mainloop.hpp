@@ -185,11 +185,12 @@ class PackedTile {
       std::fill_n(s + i * tk, h * tk, T(0));
       Gemm::multiply_add(s + i * tk, h, q + i * d, k, h, d, tk);
     });
-    // The score transform: softcap over the whole tile, the bias entry by entry (strided in this layout).
+    // The score transform: softcap over the whole tile, bias and ALiBi entry by entry (strided in this layout).
     transform_.cap(Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(s, rows * tk));
-    if (transform_.has_bias())
+    if (transform_.has_terms())
       Gemm::for_each_panel(rows, [&](Index i, Index h) {
-        for (Index r = 0; r < h; ++r) transform_.add_bias(s + i * tk + r, h, tile_.position(r0 + i + r), kt, tk);
+        for (Index r = 0; r < h; ++r)
+          transform_.add_terms(s + i * tk + r, h, tile_.position(r0 + i + r), tile_.head(r0 + i + r), kt, tk);
       });
     // The mask and the online-softmax step. Where the mask cuts the tile, row r sees keys [lo[r], hi[r]) of it;
     // both bounds grow with r.

@@ -4,6 +4,7 @@
 /// arguments: the inputs as row views, the options resolved into the kernel's scalar type, and the sizes every
 /// schedule and mainloop derives its tiles from.
 
+#include <optional>
 #include <vector>
 
 #include "attend/masks.hpp"
@@ -26,16 +27,22 @@ struct Problem {
   Index positions;  ///< Lq
   Index keys;       ///< Lk
   Index d, dv;
-  Index groups;  ///< G, the kv heads
-  Index stack;   ///< H / G, the query heads that share one kv head
+  Index groups;          ///< G, the kv heads
+  Index stack;           ///< H / G, the query heads that share one kv head
+  std::vector<T> sinks;  ///< empty, or one logit per query head
+  std::vector<T> alibi;  ///< empty, or one slope per query head
+  Index alibi_diagonal;  ///< ALiBi's distance of query i and key j is |i + alibi_diagonal - j|
 };
 
-/// The Problem of a call with validated arguments (check_multi_head() or check_attention() passed).
+/// The Problem of a call with validated arguments (check_multi_head() or check_attention() passed). ALiBi measures
+/// distances from the mask's diagonal: Lk - Lq, or the one Mask::with_diagonal() fixed, or `alibi_diagonal` when
+/// given (blocks of a longer sequence under a mask that has no diagonal, as ring attention's none()).
 template <class T>
 Problem<T> make_problem(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const ConstRowsRef<T>& v,
-                        const ConstRowsRef<typename type_identity<T>::type>* bias, Heads heads,
-                        const Options& options) {
+                        const ConstRowsRef<typename type_identity<T>::type>* bias, Heads heads, const Options& options,
+                        std::optional<Index> alibi_diagonal = std::nullopt) {
   const Index d = q.cols() / heads.query;
+  const auto in_t = [](const std::vector<double>& x) { return std::vector<T>(x.begin(), x.end()); };
   return Problem<T>{q,
                     k,
                     v,
@@ -48,7 +55,10 @@ Problem<T> make_problem(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, cons
                     d,
                     v.cols() / heads.kv,
                     heads.kv,
-                    heads.query / heads.kv};
+                    heads.query / heads.kv,
+                    in_t(options.sinks),
+                    in_t(options.alibi_slopes),
+                    alibi_diagonal.value_or(options.mask.diagonal().value_or(k.rows() - q.rows()))};
 }
 
 /// The keys [Lk, d] and values [Lk, dv] of one kv group: column slices of the problem's k and v, read in place.

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "attend/detail/assert.hpp"
+#include "attend/detail/online_softmax.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/masks.hpp"
 #include "attend/shapes.hpp"
@@ -36,6 +37,8 @@ class QueryTile {
   Index rows() const { return rows_; }
   /// The query position of tile row r.
   Index position(Index r) const { return p0_ + r / pb_.stack; }
+  /// The query head of tile row r.
+  Index head(Index r) const { return g_ * pb_.stack + r % pb_.stack; }
   /// Keys some row of the tile may see.
   KeyRange keys() const { return keys_; }
   /// Keys every row of the tile sees (may be empty: begin >= end).
@@ -85,17 +88,25 @@ class QueryTile {
   KeyRange keys_, seen_by_all_;
 };
 
-/// Writes the results of group g's tile of positions [p0, p1) into out [Lq, H*dv] and, when not null, lse [Lq, H]:
-/// tile row r (row r of `rows_out`, entry r of `rows_lse`) is position p0 + r / stack, query head g * stack +
-/// r % stack.
+/// Writes one finished row, query position p of query head h, into out [Lq, H*dv] and, when not null, lse [Lq, H],
+/// applying the head's sink first when the problem has sinks.
+template <class T, class Row>
+void store_row(const Problem<T>& pb, Index p, Index h, const Row& row, T row_lse, RowsRef<T>& out, Matrix<T>* lse) {
+  auto dst = out.block(p, h * pb.dv, 1, pb.dv);
+  dst = row;
+  if (!pb.sinks.empty()) online_softmax::apply_sink(dst, row_lse, pb.sinks[h]);
+  if (lse) (*lse)(p, h) = row_lse;
+}
+
+/// Writes the results of group g's tile of positions [p0, p1): tile row r (row r of `rows_out`, entry r of
+/// `rows_lse`) is position p0 + r / stack, query head g * stack + r % stack.
 template <class T, class RowsOut, class RowsLse>
 void store_tile_rows(const Problem<T>& pb, Index g, Index p0, Index p1, const RowsOut& rows_out,
                      const RowsLse& rows_lse, RowsRef<T>& out, Matrix<T>* lse) {
   for (Index p = p0; p < p1; ++p)
     for (Index h = 0; h < pb.stack; ++h) {
       const Index r = (p - p0) * pb.stack + h;
-      out.block(p, (g * pb.stack + h) * pb.dv, 1, pb.dv) = rows_out.row(r);
-      if (lse) (*lse)(p, g * pb.stack + h) = rows_lse[r];
+      store_row(pb, p, g * pb.stack + h, rows_out.row(r), rows_lse[r], out, lse);
     }
 }
 

@@ -120,7 +120,8 @@ class RowsTile {
     auto acc = ws_.acc.middleRows(r0, rows);
     auto s = ws_.scores.topLeftCorner(rows, tk);
 
-    transform_.rows(s, kt, [&](Index r) { return tile_.position(r0 + r); });
+    transform_.rows(
+        s, kt, [&](Index r) { return tile_.position(r0 + r); }, [&](Index r) { return tile_.head(r0 + r); });
     for (Index r = 0; r < rows; ++r) {
       const auto [lo, hi] = tile_.visible(r0 + r, kt, tk, cut_by_mask);
       s.row(r).head(lo).setZero();  // hidden: 0, never exponentiated (see online_softmax.hpp)

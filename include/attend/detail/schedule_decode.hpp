@@ -2,7 +2,7 @@
 /// \file
 /// The split-key (flash-decoding) schedule, for short queries over long keys: one query tile per kv group, the
 /// keys cut into fixed chunks. Each chunk yields a partial output and its log-sum-exp for every group; the
-/// chunks are merged exactly afterwards, in chunk order (merge.hpp).
+/// chunks are merged exactly afterwards, in chunk order (merge.hpp), and sinks are applied to the merged rows.
 ///
 /// A task is one chunk for every group, walking each key tile through all the groups: a group's keys are a column
 /// slice of every key row (a new page per row with a few heads of a hundred features), so group-by-group passes
@@ -86,9 +86,7 @@ void decode(const Problem<T>& pb, const std::vector<GroupKeys<T>>& keys, const P
     for (Index c = 0; c < chunks; ++c)
       parts[c] = {part_out[g * chunks + c].data(), pb.dv, part_lse[g * chunks + c].data(), 1};
     merge_rows<T>(parts.data(), parts.size(), rows, pb.dv, scratch.data(), [&](Index r, const auto& row, T row_lse) {
-      const Index p = r / pb.stack, h = g * pb.stack + r % pb.stack;
-      out.block(p, h * pb.dv, 1, pb.dv) = row;
-      if (lse) (*lse)(p, h) = row_lse;
+      store_row(pb, r / pb.stack, g * pb.stack + r % pb.stack, row, row_lse, out, lse);
     });
   }
 }

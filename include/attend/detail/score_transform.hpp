@@ -5,11 +5,16 @@
 ///   s = scale * (q . k)    (the scale is folded into the queries before the product, see Problem::scale)
 ///   s = softcap * tanh(s / softcap)    when softcap > 0
 ///   s = s + bias(i, j)                 when there is a bias
+///   s = s - slope_h |i + D - j|        ALiBi, when there are slopes (D: Problem::alibi_diagonal)
 ///   hidden (i, j) never enter the softmax    (the mask: each row's visible keys are one range)
+///
+/// (The sink is not a score: it joins the softmax's denominator, see apply_sink() in online_softmax.hpp.)
 ///
 /// Both tile mainloops and the materializing attention_weights() path apply it through this type, each on its
 /// own layout of a block of scores: a row-major block (rows mainloop, attention_weights()) or column-major panels
 /// (packed mainloop). attend::reference writes the same order independently, on purpose.
+
+#include <cstdlib>
 
 #include "attend/detail/problem.hpp"
 #include "attend/shapes.hpp"
@@ -19,10 +24,16 @@ namespace attend::detail {
 template <class T>
 class ScoreTransform {
  public:
-  ScoreTransform(T softcap, const ConstRowsRef<T>* bias) : softcap_(softcap), bias_(bias) {}
-  explicit ScoreTransform(const Problem<T>& pb) : ScoreTransform(pb.softcap, pb.bias) {}
+  explicit ScoreTransform(const Problem<T>& pb)
+      : softcap_(pb.softcap),
+        bias_(pb.bias),
+        alibi_(pb.alibi.empty() ? nullptr : pb.alibi.data()),
+        alibi_diagonal_(pb.alibi_diagonal) {}
 
+  /// Whether some scores may become -inf before the mask (a bias may hide keys).
   bool has_bias() const { return bias_ != nullptr; }
+  /// Whether add_terms() adds anything.
+  bool has_terms() const { return bias_ || alibi_; }
 
   /// s = softcap * tanh(s / softcap) on every entry of the array expression `s` (a block, a map of panels).
   template <class Block>
@@ -30,32 +41,41 @@ class ScoreTransform {
     if (softcap_ > 0) s = (s * (T(1) / softcap_)).tanh() * softcap_;
   }
 
-  /// s_j += bias(position, kt + j) for j < tk, where s_j is s[j * key_stride] (1 in a row-major block, the
-  /// panel height in a column-major panel).
-  void add_bias(T* s, Index key_stride, Index position, Index kt, Index tk) const {
-    if (!bias_) return;
-    const T* b = bias_->row(position).data() + kt;
-    if (key_stride == 1) {
-      Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(s, tk) +=
-          Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(b, tk);
-    } else {
-      for (Index j = 0; j < tk; ++j) s[j * key_stride] += b[j];
+  /// The additive terms of query `position`, query head `head`, keys [kt, kt + tk): s_j += bias(position, kt + j),
+  /// then s_j -= slope_head * |position + D - (kt + j)|, where s_j is s[j * key_stride] (1 in a row-major block,
+  /// the panel height in a column-major panel).
+  void add_terms(T* s, Index key_stride, Index position, Index head, Index kt, Index tk) const {
+    if (bias_) {
+      const T* b = bias_->row(position).data() + kt;
+      if (key_stride == 1) {
+        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(s, tk) +=
+            Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(b, tk);
+      } else {
+        for (Index j = 0; j < tk; ++j) s[j * key_stride] += b[j];
+      }
+    }
+    if (alibi_ && alibi_[head] != T(0)) {
+      const T slope = alibi_[head];
+      const Index diagonal_key = position + alibi_diagonal_ - kt;  // the key at distance 0, relative to kt
+      for (Index j = 0; j < tk; ++j) s[j * key_stride] -= slope * T(std::abs(diagonal_key - j));  // -m_h |i + D - j|
     }
   }
 
-  /// cap() and add_bias() on a row-major block of scores (an Eigen block or matrix, rows x tk): row r is query
-  /// position position_of(r), keys [kt, kt + tk). The cap runs over the block as one expression, so Eigen
-  /// vectorizes it as it would any block.
-  template <class Block, class PositionOf>
-  void rows(Block&& s, Index kt, PositionOf&& position_of) const {
+  /// cap() and add_terms() on a row-major block of scores (an Eigen block or matrix, rows x tk): row r is query
+  /// position position_of(r) of query head head_of(r), keys [kt, kt + tk). The cap runs over the block as one
+  /// expression, so Eigen vectorizes it as it would any block.
+  template <class Block, class PositionOf, class HeadOf>
+  void rows(Block&& s, Index kt, PositionOf&& position_of, HeadOf&& head_of) const {
     if (softcap_ > 0) cap(s.array());
-    if (bias_ && s.cols() > 0)
-      for (Index r = 0; r < s.rows(); ++r) add_bias(&s(r, 0), 1, position_of(r), kt, s.cols());
+    if (has_terms() && s.cols() > 0)
+      for (Index r = 0; r < s.rows(); ++r) add_terms(&s(r, 0), 1, position_of(r), head_of(r), kt, s.cols());
   }
 
  private:
   T softcap_;
   const ConstRowsRef<T>* bias_;
+  const T* alibi_;
+  Index alibi_diagonal_;
 };
 
 }  // namespace attend::detail
