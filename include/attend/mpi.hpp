@@ -45,6 +45,8 @@
 #include "attend/detail/checks.hpp"
 #include "attend/errors.hpp"
 #include "attend/masks.hpp"
+#include "attend/mpi/collective_checks.hpp"
+#include "attend/mpi/comm.hpp"
 #include "attend/mpi/row_layout.hpp"
 #include "attend/multi_head.hpp"
 #include "attend/result.hpp"
@@ -99,178 +101,6 @@ class RingWorkspace {
 
 namespace detail {
 
-template <class T>
-MPI_Datatype mpi_type() {
-  static_assert(is_supported_scalar<T>, "attend: the scalar type must be float or double");
-  if constexpr (std::is_same_v<T, float>)
-    return MPI_FLOAT;
-  else
-    return MPI_DOUBLE;
-}
-
-/// What every rank tells the others before any exchange, as raw bytes (the same layout on every rank).
-struct MpiSignature {
-  std::int32_t failed = 0;  ///< this rank's local check failed; `message` says why
-  std::int32_t scalar_bytes = 0;
-  std::int32_t heads_query = 0, heads_kv = 0;
-  std::int32_t mask_kind = 0, has_diagonal = 0, has_scale = 0, root = 0;
-  std::int64_t q_rows = 0, q_cols = 0, k_rows = 0, k_cols = 0, v_rows = 0, v_cols = 0;
-  std::int64_t window = 0, diagonal = 0, layout_length = 0;
-  double scale = 0, softcap = 0;
-  std::uint64_t layout_fingerprint = 0;
-  char message[416] = {};
-};
-
-inline void set_message(MpiSignature& s, const std::string& what, const char* fn) {
-  // Drop the "attend::<fn>: " prefix: the collective message adds it back once.
-  std::string text = what;
-  const std::string prefix = std::string("attend::") + fn + ": ";
-  if (text.compare(0, prefix.size(), prefix) == 0) text.erase(0, prefix.size());
-  s.failed = 1;
-  std::strncpy(s.message, text.c_str(), sizeof(s.message) - 1);
-}
-
-inline int comm_size(MPI_Comm comm) {
-  int n = 0;
-  MPI_Comm_size(comm, &n);
-  return n;
-}
-inline int comm_rank(MPI_Comm comm) {
-  int r = 0;
-  MPI_Comm_rank(comm, &r);
-  return r;
-}
-
-/// Local preconditions that make no collective call possible: MPI initialized, a real communicator.
-inline void check_mpi_usable(const char* fn, MPI_Comm comm) {
-  int initialized = 0, finalized = 0;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
-  if (!initialized || finalized) fail(fn, "MPI is not initialized (call MPI_Init first) or already finalized");
-  if (comm == MPI_COMM_NULL) fail(fn, "comm is MPI_COMM_NULL");
-}
-
-/// Allgathers every rank's signature. If any rank's local check failed, every rank throws shape_error naming
-/// the first failing rank and its reason.
-inline std::vector<MpiSignature> agree(const char* fn, const MpiSignature& mine, MPI_Comm comm) {
-  const int size = comm_size(comm);
-  std::vector<MpiSignature> all(static_cast<std::size_t>(size));
-  MPI_Allgather(&mine, sizeof(MpiSignature), MPI_BYTE, all.data(), sizeof(MpiSignature), MPI_BYTE, comm);
-  int failed = 0, first = -1;
-  for (int r = 0; r < size; ++r)
-    if (all[r].failed) {
-      ++failed;
-      if (first < 0) first = r;
-    }
-  if (failed) {
-    all[first].message[sizeof(all[first].message) - 1] = '\0';
-    fail(fn, "rank ", first, " of ", size, ": ", all[first].message,
-         failed > 1 ? " (and " + std::to_string(failed - 1) + " other rank(s) failed their checks)" : std::string());
-  }
-  return all;
-}
-
-inline std::string mask_text(const MpiSignature& s) {
-  std::ostringstream os;
-  switch (static_cast<Mask::Kind>(s.mask_kind)) {
-    case Mask::Kind::none:
-      os << "none()";
-      break;
-    case Mask::Kind::causal:
-      os << "causal()";
-      break;
-    case Mask::Kind::causal_top_left:
-      os << "causal_top_left()";
-      break;
-    case Mask::Kind::sliding_window:
-      os << "sliding_window(" << s.window << ')';
-      break;
-  }
-  if (s.has_diagonal) os << ".with_diagonal(" << s.diagonal << ')';
-  return os.str();
-}
-
-inline std::string shapes_text(const MpiSignature& s) {
-  std::ostringstream os;
-  os << "q " << Shape{s.q_rows, s.q_cols} << ", k " << Shape{s.k_rows, s.k_cols} << ", v " << Shape{s.v_rows, s.v_cols};
-  return os.str();
-}
-
-inline const char* scalar_text(std::int32_t bytes) { return bytes == 4 ? "float" : bytes == 8 ? "double" : "?"; }
-
-/// Throws (on every rank alike: all see the same signatures) when rank `r`'s signature differs from rank 0's in
-/// what all ranks must share.
-inline void check_ring_signatures(const char* fn, const std::vector<MpiSignature>& all) {
-  const MpiSignature& a = all[0];
-  for (std::size_t r = 1; r < all.size(); ++r) {
-    const MpiSignature& b = all[r];
-    std::ostringstream what;
-    if (b.scalar_bytes != a.scalar_bytes)
-      what << "scalar type: rank 0 has " << scalar_text(a.scalar_bytes) << ", rank " << r << " has "
-           << scalar_text(b.scalar_bytes);
-    else if (b.heads_query != a.heads_query || b.heads_kv != a.heads_kv)
-      what << "heads: rank 0 has Heads{" << a.heads_query << ", " << a.heads_kv << "}, rank " << r << " has Heads{"
-           << b.heads_query << ", " << b.heads_kv << '}';
-    else if (b.q_cols != a.q_cols)
-      what << "the head dim: q has " << a.q_cols << " columns on rank 0 but " << b.q_cols << " on rank " << r
-           << " (head dim " << a.q_cols / a.heads_query << " vs " << b.q_cols / b.heads_query << ')';
-    else if (b.k_cols != a.k_cols)
-      what << "k's columns: k has " << a.k_cols << " columns on rank 0 but " << b.k_cols << " on rank " << r;
-    else if (b.v_cols != a.v_cols)
-      what << "the value head dim: v has " << a.v_cols << " columns on rank 0 but " << b.v_cols << " on rank " << r
-           << " (value head dim " << a.v_cols / a.heads_kv << " vs " << b.v_cols / b.heads_kv << ')';
-    else if (b.mask_kind != a.mask_kind || b.window != a.window || b.has_diagonal != a.has_diagonal ||
-             b.diagonal != a.diagonal)
-      what << "options.mask: rank 0 has " << mask_text(a) << ", rank " << r << " has " << mask_text(b);
-    else if (b.has_scale != a.has_scale || (a.has_scale && b.scale != a.scale)) {
-      what.precision(17);
-      what << "options.scale: rank 0 has ";
-      a.has_scale ? (what << a.scale) : (what << "the default");
-      what << ", rank " << r << " has ";
-      b.has_scale ? (what << b.scale) : (what << "the default");
-    } else if (b.softcap != a.softcap) {
-      what.precision(17);
-      what << "options.softcap: rank 0 has " << a.softcap << ", rank " << r << " has " << b.softcap;
-    } else if (b.layout_fingerprint != a.layout_fingerprint || b.layout_length != a.layout_length)
-      what << "layout: rank 0 and rank " << r << " pass different RowLayouts (lengths " << a.layout_length << " and "
-           << b.layout_length << ')';
-    else
-      continue;
-    what << " (rank 0: " << shapes_text(a) << "; rank " << r << ": " << shapes_text(b)
-         << "); every rank must pass the same heads, head dims, options, scalar type and layout";
-    fail(fn, "ranks disagree on ", what.str());
-  }
-}
-
-/// A committed MPI datatype of `width` consecutive scalars (one matrix row), freed on scope exit.
-class RowType {
- public:
-  RowType(MPI_Datatype scalar, Index width) {
-    MPI_Type_contiguous(static_cast<int>(width), scalar, &type_);
-    MPI_Type_commit(&type_);
-  }
-  ~RowType() { MPI_Type_free(&type_); }
-  RowType(const RowType&) = delete;
-  RowType& operator=(const RowType&) = delete;
-  MPI_Datatype get() const { return type_; }
-
- private:
-  MPI_Datatype type_ = MPI_DATATYPE_NULL;
-};
-
-/// A private duplicate of the user's communicator (ring messages never match the user's), freed on scope exit.
-class DupComm {
- public:
-  explicit DupComm(MPI_Comm comm) { MPI_Comm_dup(comm, &comm_); }
-  ~DupComm() { MPI_Comm_free(&comm_); }
-  DupComm(const DupComm&) = delete;
-  DupComm& operator=(const DupComm&) = delete;
-  MPI_Comm get() const { return comm_; }
-
- private:
-  MPI_Comm comm_ = MPI_COMM_NULL;
-};
-
 /// Whether any query of piece q may see any key of piece k under `mask` placed on the whole sequence
 /// (query i sees key j iff j <= i + base, and j > i + base - window for sliding windows).
 inline bool pieces_interact(const Mask& mask, RowRange q, RowRange k) {
@@ -317,10 +147,7 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
   mine.scalar_bytes = sizeof(T);
   mine.heads_query = heads.query;
   mine.heads_kv = heads.kv;
-  mine.mask_kind = static_cast<std::int32_t>(options.mask.kind());
-  mine.window = options.mask.window();
-  mine.has_diagonal = options.mask.diagonal().has_value();
-  mine.diagonal = options.mask.diagonal().value_or(0);
+  set_mask(mine, options.mask);
   mine.has_scale = options.scale.has_value();
   mine.scale = options.scale.value_or(0.0);
   mine.softcap = options.softcap;
@@ -525,16 +352,7 @@ std::vector<MpiSignature> agree_rows(const char* fn, MPI_Comm comm, int root, co
     set_message(mine, e.what(), fn);
   }
   std::vector<MpiSignature> all = agree(fn, mine, comm);
-  for (int r = 1; r < size; ++r) {
-    if (all[r].scalar_bytes != all[0].scalar_bytes)
-      fail(fn, "ranks disagree on the scalar type: rank 0 has ", scalar_text(all[0].scalar_bytes), ", rank ", r,
-           " has ", scalar_text(all[r].scalar_bytes));
-    if (all[r].root != all[0].root)
-      fail(fn, "ranks disagree on root: rank 0 has ", all[0].root, ", rank ", r, " has ", all[r].root);
-    if (all[r].layout_fingerprint != all[0].layout_fingerprint || all[r].layout_length != all[0].layout_length)
-      fail(fn, "ranks disagree on the layout: rank 0 and rank ", r, " pass different RowLayouts (lengths ",
-           all[0].layout_length, " and ", all[r].layout_length, ')');
-  }
+  check_rows_signatures(fn, all);
   return all;
 }
 
