@@ -6,9 +6,10 @@
 /// One long sequence of L tokens is split across the P ranks of a communicator: each rank holds some rows of
 /// q, k and v (the same rows of all three). Key/value blocks travel around the ring of ranks, rank r sending to
 /// r + 1 and receiving from r - 1, with non-blocking sends and receives that overlap the computation of the
-/// block in hand (double buffering). Each step computes the local queries against the visiting block,
-/// multi_head_attention_with_lse() with the mask placed at the blocks' global positions
-/// (Mask::with_diagonal(q_offset - k_offset)), and merges the partial result exactly (merge_attention()).
+/// block in hand (double buffering). Each step computes the local queries against the visiting block with
+/// the kernel of multi_head_attention_with_lse() (called directly: the arguments are checked once per call),
+/// the mask placed at the blocks' global positions (Mask::with_diagonal(q_offset - k_offset)), and merges the
+/// partial result exactly into the accumulated one, in place (the merge of merge_attention()).
 /// Blocks wholly hidden by a causal or sliding-window mask are not computed, and the ring stops early when no
 /// rank needs the blocks further away (short sliding windows).
 ///

@@ -15,13 +15,16 @@
 #include <omp.h>
 #endif
 
+#include "attend/detail/attention.hpp"
 #include "attend/detail/checks.hpp"
+#include "attend/detail/merge.hpp"
+#include "attend/detail/problem.hpp"
+#include "attend/detail/tiles.hpp"
 #include "attend/errors.hpp"
 #include "attend/masks.hpp"
 #include "attend/mpi/collective_checks.hpp"
 #include "attend/mpi/comm.hpp"
 #include "attend/mpi/row_layout.hpp"
-#include "attend/multi_head.hpp"
 #include "attend/options.hpp"
 #include "attend/result.hpp"
 #include "attend/shapes.hpp"
@@ -117,6 +120,7 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
   const int size = comm_size(user_comm), rank = comm_rank(user_comm);
 
   // 1. Local checks, then one collective agreement: every rank throws if any rank failed or ranks disagree.
+  //    These are the only checks: the kernel calls below take the arguments as validated.
   MpiSignature mine;
   mine.scalar_bytes = sizeof(T);
   mine.heads_query = heads.query;
@@ -194,8 +198,7 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
   const ConstRowsRef<T> qe(q.derived());
 
   // The result accumulates in place, row by row: a row starts at zero with lse -inf (which merges with a part
-  // exactly into that part) and stays so if it never sees a key. Memory: the output plus one slab's partial
-  // result and merge.
+  // exactly into that part) and stays so if it never sees a key. Memory: the output plus one slab's part.
   AttentionResult<T> result{Matrix<T>::Zero(lq, hdv),
                             Matrix<T>::Constant(lq, heads.query, -std::numeric_limits<T>::infinity())};
   std::vector<bool> seen(static_cast<std::size_t>(lq), false);  // rows with some part merged already
@@ -216,6 +219,13 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
     return slabs;
   };
   const std::vector<Slab> small_slabs = slabs_of(slab_rows), whole_pieces = slabs_of(std::max<Index>(1, lq));
+  // One slab's part (the kernel's output and lse), allocated once for the largest slab (a whole piece), and the
+  // merge's scratch row.
+  Index largest_slab = 0;
+  for (const Slab& slab : whole_pieces) largest_slab = std::max(largest_slab, slab.global.size());
+  Matrix<T> part_out(largest_slab, hdv), part_lse(largest_slab, heads.query);
+  Vector<T> scratch(vc / heads.kv);
+  const Tiles tiles;
 
   DupComm dup(user_comm);
   const MPI_Comm comm = dup.get();
@@ -242,6 +252,7 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
     Index k_local = 0;
     for (const RowRange& kp : layout.pieces(owner)) {
       const Index nk = kp.size();
+      const ConstRowsRef<T> kb = buf[cur].block(k_local, 0, nk, kc), vb = buf[cur].block(k_local, kc, nk, vc);
       for (const Slab& slab : s < steps ? small_slabs : whole_pieces) {
         if (!pieces_interact(mask, slab.global, kp)) {
           if (nk > 0 && slab.global.size() > 0) ++st.blocks_skipped;
@@ -250,23 +261,20 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
         Options o = options;
         o.mask = mask.with_diagonal(mask.diagonal().value_or(0) + slab.global.begin - kp.begin);
         const Index nq = slab.global.size();
-        AttentionResult<T> part =
-            multi_head_attention_with_lse(qe.middleRows(slab.local, nq), buf[cur].block(k_local, 0, nk, kc),
-                                          buf[cur].block(k_local, kc, nk, vc), heads, o);
+        const ConstRowsRef<T> qs = qe.middleRows(slab.local, nq);
+        // The kernel itself on the arguments checked in 1., into the part (it writes lse rows [0, nq) only).
+        auto slab_out = part_out.topRows(nq);
+        attention(make_problem<T>(qs, kb, vb, nullptr, heads, o), slab_out, &part_lse, tiles);
+        const auto slab_lse = part_lse.topRows(nq);
         auto out_rows = result.out.middleRows(slab.local, nq);
         auto lse_rows = result.lse.middleRows(slab.local, nq);
         bool any_seen = false;  // else copy; merging into unseen rows is exact too (they weigh nothing)
         for (Index r = slab.local; r < slab.local + nq && !any_seen; ++r) any_seen = seen[static_cast<std::size_t>(r)];
         if (any_seen) {
-          std::vector<AttentionResult<T>> two(2);
-          two[0] = AttentionResult<T>{out_rows, lse_rows};
-          two[1] = std::move(part);
-          const AttentionResult<T> merged = merge_attention(two);
-          out_rows = merged.out;
-          lse_rows = merged.lse;
+          merge_into<T>(out_rows, lse_rows, slab_out, slab_lse, scratch.data());
         } else {
-          out_rows = part.out;
-          lse_rows = part.lse;
+          out_rows = slab_out;
+          lse_rows = slab_lse;
         }
         for (Index r = slab.local; r < slab.local + nq; ++r) seen[static_cast<std::size_t>(r)] = true;
         ++st.blocks_computed;
