@@ -32,7 +32,7 @@
 ///   mpi/row_layout.hpp         RowRange, RowLayout: which rows each rank holds (no MPI: usable without it)
 ///   mpi/comm.hpp               the MPI datatype of a scalar, a row datatype, a private duplicate communicator
 ///   mpi/collective_checks.hpp  the signature every rank sends, its collective agreement and its messages
-///   mpi/ring.hpp               ring_attention(), ring_attention_with_lse(), RingStats, RingWorkspace
+///   mpi/ring.hpp               ring_attention(), ring_attention_with_lse(), RingStats, RingWorkspace, RingTuning
 ///   mpi/scatter_gather.hpp     scatter_rows(), gather_rows(), zigzag_scatter(), zigzag_gather()
 
 #include "attend/mpi/collective_checks.hpp"

@@ -1,7 +1,8 @@
 #pragma once
 /// \file
-/// Ring attention: ring_attention() and ring_attention_with_lse(), with what a call reports (RingStats) and keeps
-/// between calls (RingWorkspace). Part of `<attend/mpi.hpp>`, whose overview describes the algorithm.
+/// Ring attention: ring_attention() and ring_attention_with_lse(), with what a call reports (RingStats), keeps
+/// between calls (RingWorkspace) and is tuned by (RingTuning). Part of `<attend/mpi.hpp>`, whose overview
+/// describes the algorithm.
 
 #include <mpi.h>
 
@@ -31,7 +32,7 @@
 
 namespace attend {
 
-/// What one ring_attention() call did on this rank, for profiling (pass a pointer as the last argument).
+/// What one ring_attention() call did on this rank, for profiling (pass a pointer as the `stats` argument).
 struct RingStats {
   int ranks = 0;                        ///< P
   int steps = 0;                        ///< blocks sent to the next rank (P - 1, fewer for short windows)
@@ -76,6 +77,23 @@ class RingWorkspace {
   std::vector<unsigned char> buffers_[2];
 };
 
+/// How ring_attention() cuts its queries into kernel calls while a key/value block is in flight. The ring polls
+/// MPI (MPI_Testall) between calls so that the exchange progresses while it computes: most MPI transports start
+/// or advance a large message only inside MPI calls. A call ("slab") is about `slab_work` multiply-adds per
+/// thread, but never fewer than `slab_min_rows` query rows, so a poll comes at least that often or after one
+/// such slab, whichever is longer. The last step, with nothing in flight, computes whole pieces. The defaults
+/// suit real sizes; tests and benchmarks pass small values to cut even small problems into many calls.
+/// Results depend on the tuning only in rounding (the merge order of the slabs' parts); ranks may pass
+/// different tunings.
+struct RingTuning {
+  /// Multiply-adds per thread of one call: 2^25 is a few milliseconds. Not positive (or NaN): as small as
+  /// slab_min_rows allows.
+  double slab_work = double(1 << 25);
+  /// Fewest query rows (positions) of one call; 0 or less: those that fill one 256-row kernel tile,
+  /// 256 / (H/G) (fewer rows slow the kernel down).
+  Index slab_min_rows = 0;
+};
+
 namespace detail {
 
 /// Whether any query of piece q may see any key of piece k under `mask` placed on the whole sequence
@@ -90,30 +108,25 @@ inline bool pieces_interact(const Mask& mask, RowRange q, RowRange k) {
   return true;
 }
 
-/// Query rows per kernel call while a transfer is in flight. The ring polls MPI (MPI_Testall) between calls
-/// so that the exchange progresses while it computes: most MPI transports start or advance a large message
-/// only inside MPI calls. A call is ~2^25 multiply-adds per thread (a few milliseconds) but never fewer rows
-/// than fill one 256-row kernel tile (256 / (H/G) positions: fewer would slow the kernel down), so a poll
-/// comes at least that often or after one such tile row, whichever is longer. The last step, with nothing in
-/// flight, computes whole pieces.
-/// (Tests set ring_slab_min_rows and ring_slab_work low to cut even small problems into many calls.)
-inline double ring_slab_work = double(1 << 25);
-inline Index ring_slab_min_rows = 0;  // 0: 256 / (H/G)
-inline Index ring_slab_rows(Index key_rows, Heads heads, Index d_plus_dv) {
+/// Query rows per kernel call while a transfer is in flight (RingTuning), for blocks of at most `key_rows`
+/// rows. More than key_rows would make no difference: no piece is longer.
+inline Index ring_slab_rows(Index key_rows, Heads heads, Index d_plus_dv, const RingTuning& tuning) {
   int threads = 1;
 #if defined(_OPENMP)
   threads = omp_get_max_threads();
 #endif
-  const Index min_rows = ring_slab_min_rows > 0 ? ring_slab_min_rows : std::max(1, 256 / (heads.query / heads.kv));
+  const Index min_rows = tuning.slab_min_rows > 0 ? tuning.slab_min_rows : std::max(1, 256 / (heads.query / heads.kv));
+  const double work = tuning.slab_work > 0 ? tuning.slab_work : 0;
   const double per_row = std::max(1.0, double(key_rows) * double(heads.query) * double(d_plus_dv));
-  return std::max<Index>(min_rows, static_cast<Index>(ring_slab_work * threads / per_row));
+  const double rows = std::min(work * threads / per_row, double(std::max<Index>(1, key_rows)));
+  return std::max<Index>(min_rows, static_cast<Index>(rows));
 }
 
 template <class T, class DQ, class DK, class DV>
 AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                              const Eigen::MatrixBase<DV>& v, Heads heads, const Options& options,
                              const RowLayout* given_layout, MPI_Comm user_comm, RingStats* stats,
-                             RingWorkspace* workspace) {
+                             RingWorkspace* workspace, const RingTuning& tuning) {
   static_check_scalars<T, DQ, DK, DV>();
   const double t_start = MPI_Wtime();
   check_mpi_usable(fn, user_comm);
@@ -207,7 +220,7 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
     RowRange global;  // positions
     Index local;      // first local row
   };
-  const Index slab_rows = ring_slab_rows(max_rows, heads, q.cols() / heads.query + vc / heads.kv);
+  const Index slab_rows = ring_slab_rows(max_rows, heads, q.cols() / heads.query + vc / heads.kv, tuning);
   const auto slabs_of = [&](Index step) {
     std::vector<Slab> slabs;
     Index local = 0;
@@ -321,16 +334,17 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
 /// n_r * G * (d + dv) * sizeof(T) bytes, to the next rank; only the G kv heads travel (GQA/MQA send less).
 /// Memory per rank: its q, k, v and output rows plus two key/value block buffers (kept in `workspace` between
 /// calls when one is given, which avoids re-faulting fresh memory on every call). `stats`, when given,
-/// receives this rank's timings and bytes sent.
+/// receives this rank's timings and bytes sent; `tuning` sets how queries are cut into kernel calls while a
+/// block is in flight (RingTuning; the default suits real sizes).
 /// \throws attend::shape_error on every rank when any rank's arguments are invalid (as multi_head_attention)
 ///         or ranks disagree on heads, head dims, options or scalar type; checked before any exchange.
 template <class DQ, class DK, class DV>
 Matrix<typename DQ::Scalar> ring_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                                            const Eigen::MatrixBase<DV>& v, Heads heads, const Options& options,
                                            MPI_Comm comm, RingStats* stats = nullptr,
-                                           RingWorkspace* workspace = nullptr) {
+                                           RingWorkspace* workspace = nullptr, const RingTuning& tuning = {}) {
   return detail::ring_impl<typename DQ::Scalar>("ring_attention", q, k, v, heads, options, nullptr, comm, stats,
-                                                workspace)
+                                                workspace, tuning)
       .out;
 }
 
@@ -341,9 +355,9 @@ template <class DQ, class DK, class DV>
 Matrix<typename DQ::Scalar> ring_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                                            const Eigen::MatrixBase<DV>& v, Heads heads, const Options& options,
                                            const RowLayout& layout, MPI_Comm comm, RingStats* stats = nullptr,
-                                           RingWorkspace* workspace = nullptr) {
+                                           RingWorkspace* workspace = nullptr, const RingTuning& tuning = {}) {
   return detail::ring_impl<typename DQ::Scalar>("ring_attention", q, k, v, heads, options, &layout, comm, stats,
-                                                workspace)
+                                                workspace, tuning)
       .out;
 }
 
@@ -351,21 +365,20 @@ Matrix<typename DQ::Scalar> ring_attention(const Eigen::MatrixBase<DQ>& q, const
 template <class DQ, class DK, class DV>
 AttentionResult<typename DQ::Scalar> ring_attention_with_lse(
     const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v, Heads heads,
-    const Options& options, MPI_Comm comm, RingStats* stats = nullptr, RingWorkspace* workspace = nullptr) {
+    const Options& options, MPI_Comm comm, RingStats* stats = nullptr, RingWorkspace* workspace = nullptr,
+    const RingTuning& tuning = {}) {
   return detail::ring_impl<typename DQ::Scalar>("ring_attention_with_lse", q, k, v, heads, options, nullptr, comm,
-                                                stats, workspace);
+                                                stats, workspace, tuning);
 }
 
 /// ring_attention_with_lse() over any RowLayout.
 template <class DQ, class DK, class DV>
-AttentionResult<typename DQ::Scalar> ring_attention_with_lse(const Eigen::MatrixBase<DQ>& q,
-                                                             const Eigen::MatrixBase<DK>& k,
-                                                             const Eigen::MatrixBase<DV>& v, Heads heads,
-                                                             const Options& options, const RowLayout& layout,
-                                                             MPI_Comm comm, RingStats* stats = nullptr,
-                                                             RingWorkspace* workspace = nullptr) {
+AttentionResult<typename DQ::Scalar> ring_attention_with_lse(
+    const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v, Heads heads,
+    const Options& options, const RowLayout& layout, MPI_Comm comm, RingStats* stats = nullptr,
+    RingWorkspace* workspace = nullptr, const RingTuning& tuning = {}) {
   return detail::ring_impl<typename DQ::Scalar>("ring_attention_with_lse", q, k, v, heads, options, &layout, comm,
-                                                stats, workspace);
+                                                stats, workspace, tuning);
 }
 
 }  // namespace attend
