@@ -53,9 +53,9 @@ struct RingStats {
 };
 
 /// The two key/value block buffers of ring_attention(), kept between calls. Without one, every call allocates
-/// its buffers afresh, and the first write into fresh memory (the received block) costs a page fault per page:
-/// on one machine that made receiving a 16 MiB block 7x slower (10.9 ms instead of 1.4 ms), and RDMA networks
-/// must also register (pin) fresh memory. A layer loop should keep one workspace and pass it to every call.
+/// its buffers afresh, and the first write into fresh memory (the received block) costs a page fault per page,
+/// which can take several times as long as the transfer itself; RDMA networks must also register (pin) fresh
+/// memory. A layer loop should keep one workspace and pass it to every call.
 /// It grows to the largest call's needs and keeps that memory until release() or destruction. Not shared
 /// between concurrent calls.
 class RingWorkspace {
