@@ -116,8 +116,9 @@ std::vector<Layouts> layouts_for(Index length, int ranks) {
   return out;
 }
 
+// Every ring call here passes `tuning` (the double cases cut each block into many kernel calls).
 template <class T>
-void equivalence_cases() {
+void equivalence_cases(const attend::RingTuning& tuning = {}) {
   attend::RingWorkspace workspace;  // reused by every call below (and grown as sizes change)
   const char* tname = std::is_same_v<T, float> ? "float" : "double";
   struct HeadCase {
@@ -156,7 +157,7 @@ void equivalence_cases() {
                << (o.softcap > 0 ? " softcap+scale" : "");
           attend::RingStats stats;
           const Matrix<T> out =
-              attend::ring_attention(ql, kl, vl, hc.heads, o, lc.layout, MPI_COMM_WORLD, &stats, &workspace);
+              attend::ring_attention(ql, kl, vl, hc.heads, o, lc.layout, MPI_COMM_WORLD, &stats, &workspace, tuning);
           const Matrix<T> got = attend::gather_rows(out, lc.layout, 0, MPI_COMM_WORLD);
           double err = 0;
           if (g_rank == 0) err = relative_error(got, attend::multi_head_attention(q, k, v, hc.heads, o));
@@ -177,7 +178,8 @@ void equivalence_cases() {
           report(name.str() + " stats", bytes_ok, "steps " + std::to_string(stats.steps));
 
           if (lc.contiguous) {  // the overload that gathers the offsets itself
-            const Matrix<T> out2 = attend::ring_attention(ql, kl, vl, hc.heads, o, MPI_COMM_WORLD);
+            const Matrix<T> out2 =
+                attend::ring_attention(ql, kl, vl, hc.heads, o, MPI_COMM_WORLD, nullptr, nullptr, tuning);
             report(name.str() + " (offsets gathered)", relative_error(out2, out) == 0, "differs from layout overload");
           }
         }
@@ -200,7 +202,7 @@ void equivalence_cases() {
     report(std::string(tname) + " zigzag_scatter rows", relative_error(ql, local_rows(q, z, g_rank)) == 0);
     Options o;
     o.mask = Mask::causal();
-    const auto r = attend::ring_attention_with_lse(ql, kl, vl, h, o, z, MPI_COMM_WORLD);
+    const auto r = attend::ring_attention_with_lse(ql, kl, vl, h, o, z, MPI_COMM_WORLD, nullptr, nullptr, tuning);
     const Matrix<T> out = attend::zigzag_gather(r.out, 0, MPI_COMM_WORLD);
     const Matrix<T> lse = attend::zigzag_gather(r.lse, 0, MPI_COMM_WORLD);
     double err = 0, lse_err = 0;
@@ -412,11 +414,10 @@ int main(int argc, char** argv) {
   const double t0 = MPI_Wtime();
   equivalence_cases<float>();
   // Double with many small kernel calls per block (the ring polls MPI between them): 16-row query slabs.
-  attend::detail::ring_slab_work = 1;
-  attend::detail::ring_slab_min_rows = 16;
-  equivalence_cases<double>();
-  attend::detail::ring_slab_work = double(1 << 25);
-  attend::detail::ring_slab_min_rows = 0;
+  attend::RingTuning small_slabs;
+  small_slabs.slab_work = 1;
+  small_slabs.slab_min_rows = 16;
+  equivalence_cases<double>(small_slabs);
   error_cases();
   if (g_rank == 0)
     std::printf("ring_attention_test on %d ranks: %d passed, %d failed (%.1f s)\n", g_size, g_passed, g_failed,
