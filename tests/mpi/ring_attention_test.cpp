@@ -151,10 +151,19 @@ void equivalence_cases(const attend::RingTuning& tuning = {}) {
       for (const Layouts& lc : layouts_for(length, g_size)) {
         const Matrix<T> ql = local_rows(q, lc.layout, g_rank), kl = local_rows(k, lc.layout, g_rank),
                         vl = local_rows(v, lc.layout, g_rank);
-        for (const Options& o : option_cases) {
+        // Sinks and ALiBi, one per query head: ALiBi on global positions, the sinks applied after the merge.
+        std::vector<Options> with_heads = option_cases;
+        for (const Mask& m : {Mask::none(), Mask::causal(), Mask::sliding_window(7)}) {
+          Options o;
+          o.mask = m;
+          o.alibi_slopes = attend::geometric_alibi_slopes(hc.heads.query);
+          for (int h = 0; h < hc.heads.query; ++h) o.sinks.push_back(0.5 * h - 1.0);
+          with_heads.push_back(o);
+        }
+        for (const Options& o : with_heads) {
           std::ostringstream name;
           name << tname << " L=" << length << ' ' << hc.name << ' ' << lc.name << ' ' << mask_name(o.mask)
-               << (o.softcap > 0 ? " softcap+scale" : "");
+               << (o.softcap > 0 ? " softcap+scale" : "") << (o.sinks.empty() ? "" : " sinks+alibi");
           attend::RingStats stats;
           const Matrix<T> out =
               attend::ring_attention(ql, kl, vl, hc.heads, o, lc.layout, MPI_COMM_WORLD, &stats, &workspace, tuning);
@@ -301,6 +310,20 @@ void error_cases() {
                       attend::ring_attention(mat(n, 32), mat(n, 16), mat(n, 16), Heads{4, 2}, o, MPI_COMM_WORLD);
                     },
                     {"attend::ring_attention", "options.softcap", "50", "30"});
+  expect_everywhere("sinks differ",
+                    [&] {
+                      Options o;
+                      o.sinks = {0.5, 0.5, 0.5, odd ? 1.0 : 0.5};
+                      attend::ring_attention(mat(n, 32), mat(n, 16), mat(n, 16), Heads{4, 2}, o, MPI_COMM_WORLD);
+                    },
+                    {"attend::ring_attention", "options.sinks", "of other values"});
+  expect_everywhere("alibi slopes differ",
+                    [&] {
+                      Options o;
+                      if (odd) o.alibi_slopes = attend::geometric_alibi_slopes(4);
+                      attend::ring_attention(mat(n, 32), mat(n, 16), mat(n, 16), Heads{4, 2}, o, MPI_COMM_WORLD);
+                    },
+                    {"attend::ring_attention", "options.alibi_slopes: rank 0 has 0 entries", "has 4"});
   expect_everywhere("scalar type differs",
                     [&] {
                       if (odd) {

@@ -16,6 +16,7 @@
 #include "attend/errors.hpp"
 #include "attend/masks.hpp"
 #include "attend/mpi/comm.hpp"
+#include "attend/options.hpp"
 #include "attend/shapes.hpp"
 
 namespace attend::detail {
@@ -30,8 +31,32 @@ struct MpiSignature {
   std::int64_t window = 0, diagonal = 0, layout_length = 0;
   double scale = 0, softcap = 0;
   std::uint64_t layout_fingerprint = 0;
+  std::int64_t sinks = 0, alibi_slopes = 0;                    ///< entries of Options::sinks, alibi_slopes
+  std::uint64_t sinks_fingerprint = 0, alibi_fingerprint = 0;  ///< their values' bits, hashed
   char message[416] = {};
 };
+
+/// FNV-1a over the bits of a vector of doubles: equal on every rank that passes equal values.
+inline std::uint64_t fingerprint_of(const std::vector<double>& values) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (double x : values) {
+    std::uint64_t bits = 0;
+    std::memcpy(&bits, &x, sizeof bits);
+    for (int b = 0; b < 8; ++b) {
+      h ^= (bits >> (8 * b)) & 0xffu;
+      h *= 1099511628211ull;
+    }
+  }
+  return h;
+}
+
+/// The option fields of a signature that are vectors: their sizes and fingerprints.
+inline void set_per_head_options(MpiSignature& s, const Options& o) {
+  s.sinks = static_cast<std::int64_t>(o.sinks.size());
+  s.alibi_slopes = static_cast<std::int64_t>(o.alibi_slopes.size());
+  s.sinks_fingerprint = fingerprint_of(o.sinks);
+  s.alibi_fingerprint = fingerprint_of(o.alibi_slopes);
+}
 
 inline void set_message(MpiSignature& s, const std::string& what, const char* fn) {
   // Drop the "attend::<fn>: " prefix: the collective message adds it back once.
@@ -139,6 +164,12 @@ inline void check_ring_signatures(const char* fn, const std::vector<MpiSignature
     } else if (b.softcap != a.softcap) {
       what.precision(17);
       what << "options.softcap: rank 0 has " << a.softcap << ", rank " << r << " has " << b.softcap;
+    } else if (b.sinks != a.sinks || b.sinks_fingerprint != a.sinks_fingerprint) {
+      what << "options.sinks: rank 0 has " << a.sinks << " entries, rank " << r << " has " << b.sinks
+           << (b.sinks == a.sinks ? " of other values" : "");
+    } else if (b.alibi_slopes != a.alibi_slopes || b.alibi_fingerprint != a.alibi_fingerprint) {
+      what << "options.alibi_slopes: rank 0 has " << a.alibi_slopes << " entries, rank " << r << " has "
+           << b.alibi_slopes << (b.alibi_slopes == a.alibi_slopes ? " of other values" : "");
     } else if (b.layout_fingerprint != a.layout_fingerprint || b.layout_length != a.layout_length)
       what << "layout: rank 0 and rank " << r << " pass different RowLayouts (lengths " << a.layout_length << " and "
            << b.layout_length << ')';

@@ -19,6 +19,7 @@
 #include "attend/detail/attention.hpp"
 #include "attend/detail/checks.hpp"
 #include "attend/detail/merge.hpp"
+#include "attend/detail/online_softmax.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/detail/tiles.hpp"
 #include "attend/errors.hpp"
@@ -142,6 +143,7 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
   mine.has_scale = options.scale.has_value();
   mine.scale = options.scale.value_or(0.0);
   mine.softcap = options.softcap;
+  set_per_head_options(mine, options);
   mine.q_rows = q.rows();
   mine.q_cols = q.cols();
   mine.k_rows = k.rows();
@@ -185,6 +187,8 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
 
   // 2. Which blocks anyone needs: the ring runs only as many steps as the farthest needed block.
   const Mask& mask = options.mask;
+  Options sink_free = options;
+  sink_free.sinks.clear();
   int steps = 0;
   for (int r = 0; r < size; ++r)
     for (int o = 0; o < size; ++o) {
@@ -271,13 +275,16 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
           if (nk > 0 && slab.global.size() > 0) ++st.blocks_skipped;
           continue;
         }
-        Options o = options;
-        o.mask = mask.with_diagonal(mask.diagonal().value_or(0) + slab.global.begin - kp.begin);
+        // The block's queries and keys at their global positions: the mask's diagonal and ALiBi's distances
+        // (|global i - global j|) placed at the blocks' offsets. The parts carry no sinks (see below).
+        Options o = sink_free;
+        const Index diagonal = mask.diagonal().value_or(0) + slab.global.begin - kp.begin;
+        o.mask = mask.with_diagonal(diagonal);
         const Index nq = slab.global.size();
         const ConstRowsRef<T> qs = qe.middleRows(slab.local, nq);
         // The kernel itself on the arguments checked in 1., into the part (it writes lse rows [0, nq) only).
         auto slab_out = part_out.topRows(nq);
-        attention(make_problem<T>(qs, kb, vb, nullptr, heads, o), slab_out, &part_lse, tiles);
+        attention(make_problem<T>(qs, kb, vb, nullptr, heads, o, diagonal), slab_out, &part_lse, tiles);
         const auto slab_lse = part_lse.topRows(nq);
         auto out_rows = result.out.middleRows(slab.local, nq);
         auto lse_rows = result.lse.middleRows(slab.local, nq);
@@ -307,6 +314,15 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
       wait += MPI_Wtime() - t1;
       cur = 1 - cur;
     }
+  }
+
+  // Sinks join the softmax of the whole row, so they are applied once, to the merged result (apply_sinks()).
+  if (!options.sinks.empty()) {
+    const Index dv = vc / heads.kv;
+    for (Index i = 0; i < lq; ++i)
+      for (Index h = 0; h < heads.query; ++h)
+        online_softmax::apply_sink(result.out.block(i, h * dv, 1, dv), result.lse(i, h),
+                                   static_cast<T>(options.sinks[h]));
   }
 
   if (stats) {
