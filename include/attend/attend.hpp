@@ -11,6 +11,7 @@
 ///   results with log-sum-exp, merge_attention, apply_sinks   result.hpp
 ///   sinks and ALiBi: Options::sinks, alibi_slopes        options.hpp; geometric_alibi_slopes: alibi.hpp
 ///   softmax of a score matrix                            softmax.hpp
+///   bfloat16 / half inputs and caches, bf16_path()       precision.hpp (accumulator_t: shapes.hpp)
 ///   Linear, RMSNorm                                      linear.hpp
 ///   MultiHeadAttention (MHA/GQA/MQA layer)               layers.hpp
 ///   MultiHeadLatentAttention (DeepSeek MLA)              latent.hpp
@@ -32,6 +33,7 @@
 #include "attend/masks.hpp"
 #include "attend/multi_head.hpp"
 #include "attend/options.hpp"
+#include "attend/precision.hpp"
 #include "attend/reference.hpp"
 #include "attend/result.hpp"
 #include "attend/rope.hpp"

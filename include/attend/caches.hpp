@@ -4,6 +4,9 @@
 /// LatentCache holds MultiHeadLatentAttention's latent and shared rope key per token. Both grow as tokens arrive
 /// (detail::RowStore: capacity doubles) and are read in place by the kernel.
 
+#include <cstddef>
+#include <type_traits>
+
 #include "attend/detail/checks.hpp"
 #include "attend/detail/row_store.hpp"
 #include "attend/errors.hpp"
@@ -21,10 +24,17 @@ inline void check_reserve(const char* fn, Index tokens, const char* a_name, Inde
 
 }  // namespace detail
 
-/// Keys and values of the tokens seen so far, for decoding with MultiHeadAttention::forward(x, cache).
-template <class T>
+/// Keys and values of the tokens seen so far, for decoding with MultiHeadAttention<T>::forward(x, cache), stored
+/// as S: T itself, or Eigen::bfloat16 / Eigen::half under a float layer (half the bytes per token; the kernel reads
+/// them as they are stored, and only the stored keys and values are rounded).
+template <class T, class S = T>
 class KVCache {
+  static_assert(detail::is_compute_scalar<T> && detail::is_storage_pair<T, S>, ATTEND_DETAIL_UNSUPPORTED_SCALAR);
+
  public:
+  using Scalar = T;   ///< the layer's type
+  using Storage = S;  ///< what the keys and values are stored as
+
   KVCache() = default;
 
   /// Tokens held.
@@ -47,9 +57,11 @@ class KVCache {
   }
 
   /// Keys of the held tokens, [size, kv_heads * head_dim] (a view, valid until the next append).
-  detail::ConstRowsRef<T> keys() const { return keys_.rows(); }
+  detail::ConstRowsRef<S> keys() const { return keys_.rows(); }
   /// Values of the held tokens, [size, kv_heads * head_dim].
-  detail::ConstRowsRef<T> values() const { return values_.rows(); }
+  detail::ConstRowsRef<S> values() const { return values_.rows(); }
+  /// Bytes the held keys and values occupy (capacity aside).
+  std::size_t bytes() const { return std::size_t(size()) * std::size_t(keys_.width() + values_.width()) * sizeof(S); }
 
   /// Throws shape_error naming `fn` when tokens already held have other widths than a layer's.
   void check_widths(const char* fn, Index key_width, Index value_width) const {
@@ -59,29 +71,38 @@ class KVCache {
                    " (it was filled by a layer of other sizes)");
   }
 
-  /// Appends the keys [n, key_width] and values [n, value_width] of n new tokens.
+  /// Appends the keys [n, key_width] and values [n, value_width] of n new tokens, of T (rounded to S when S is
+  /// 16-bit) or of S.
   /// \throws attend::shape_error when k and v have different rows or the cache holds tokens of other widths.
   template <class DK, class DV>
   void append(const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v) {
     constexpr const char* fn = "KVCache::append";
-    detail::static_check_scalars<T, DK, DV>();
+    using K = typename DK::Scalar;
+    static_assert((std::is_same_v<K, T> || std::is_same_v<K, S>)&&std::is_same_v<K, typename DV::Scalar>,
+                  ATTEND_DETAIL_MIXED_SCALARS);
     if (k.rows() != v.rows())
       detail::fail(fn, "k has ", k.rows(), " rows and v ", v.rows(), ", expected one row per token in both (k ",
                    detail::shape_of(k), ", v ", detail::shape_of(v), ")");
     check_widths(fn, k.cols(), v.cols());
-    keys_.append(k);
-    values_.append(v);
+    keys_.append(k.template cast<S>());
+    values_.append(v.template cast<S>());
   }
 
  private:
-  detail::RowStore<T> keys_, values_;
+  detail::RowStore<S> keys_, values_;
 };
 
-/// What MultiHeadLatentAttention caches per token: the normalized latent c_KV (kv_lora_rank numbers) followed
-/// by the roped shared key (qk_rope_head_dim numbers), one row per token.
-template <class T>
+/// What MultiHeadLatentAttention<T> caches per token: the normalized latent c_KV (kv_lora_rank numbers) followed
+/// by the roped shared key (qk_rope_head_dim numbers), one row per token, stored as S (T, or Eigen::bfloat16 /
+/// Eigen::half under a float layer).
+template <class T, class S = T>
 class LatentCache {
+  static_assert(detail::is_compute_scalar<T> && detail::is_storage_pair<T, S>, ATTEND_DETAIL_UNSUPPORTED_SCALAR);
+
  public:
+  using Scalar = T;
+  using Storage = S;
+
   LatentCache() = default;
 
   /// Tokens held.
@@ -102,11 +123,13 @@ class LatentCache {
 
   /// [size, kv_lora_rank + qk_rope_head_dim]: each token's latent then its shared rope key (a view, valid until
   /// the next append). These rows are the keys of absorbed attention.
-  detail::ConstRowsRef<T> entries() const { return rows_.rows(); }
+  detail::ConstRowsRef<S> entries() const { return rows_.rows(); }
   /// [size, kv_lora_rank]: the normalized latents, which are also the values of absorbed attention.
-  detail::ConstRowsRef<T> latent() const { return entries().leftCols(latent_); }
+  detail::ConstRowsRef<S> latent() const { return entries().leftCols(latent_); }
   /// [size, qk_rope_head_dim]: the roped shared keys.
-  detail::ConstRowsRef<T> rope_keys() const { return entries().rightCols(rows_.width() - latent_); }
+  detail::ConstRowsRef<S> rope_keys() const { return entries().rightCols(rows_.width() - latent_); }
+  /// Bytes the held entries occupy (capacity aside).
+  std::size_t bytes() const { return std::size_t(size()) * std::size_t(rows_.width()) * sizeof(S); }
 
   /// Throws shape_error naming `fn` when tokens already held have other widths than a layer's.
   void check_widths(const char* fn, Index latent_width, Index rope_width) const {
@@ -121,16 +144,17 @@ class LatentCache {
   template <class Derived>
   void append(const Eigen::MatrixBase<Derived>& rows, Index latent_width) {
     constexpr const char* fn = "LatentCache::append";
-    detail::static_check_scalars<T, Derived>();
+    using R = typename Derived::Scalar;
+    static_assert(std::is_same_v<R, T> || std::is_same_v<R, S>, ATTEND_DETAIL_MIXED_SCALARS);
     if (latent_width < 0 || latent_width > rows.cols())
       detail::fail(fn, "latent_width is ", latent_width, ", expected 0 to the rows' ", rows.cols(), " columns");
     check_widths(fn, latent_width, rows.cols() - latent_width);
     if (size() == 0) latent_ = latent_width;
-    rows_.append(rows);
+    rows_.append(rows.template cast<S>());
   }
 
  private:
-  detail::RowStore<T> rows_;
+  detail::RowStore<S> rows_;
   Index latent_ = 0;
 };
 

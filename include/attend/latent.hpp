@@ -108,8 +108,11 @@ struct MultiHeadLatentAttention {
   /// \throws attend::shape_error as forward(x), when the cache holds tokens of a layer of other sizes, and when
   ///         kv_b_proj has a nonzero key bias together with a softcap (that bias then no longer cancels in the
   ///         softmax and cannot be absorbed). The cache is unchanged when it throws.
-  template <class Derived>
-  Matrix<T> forward(const Eigen::MatrixBase<Derived>& x, LatentCache<T>& cache, const Options& options = {}) const {
+  ///
+  /// The cache may store its entries in 16 bits (LatentCache<float, Eigen::bfloat16> or <float, Eigen::half>): they
+  /// are rounded as they are appended, and the absorbed attention reads them as stored.
+  template <class Derived, class S>
+  Matrix<T> forward(const Eigen::MatrixBase<Derived>& x, LatentCache<T, S>& cache, const Options& options = {}) const {
     constexpr const char* fn = "MultiHeadLatentAttention::forward";
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
@@ -140,7 +143,8 @@ struct MultiHeadLatentAttention {
     }
     Matrix<T> out_latent(xe.rows(), h_count * r);
     Matrix<T> lse(xe.rows(), h_count);
-    const detail::ConstRowsRef<T> qe(q_latent), ke(cache.entries()), ve(cache.latent());
+    const detail::ConstRowsRef<T> qe(q_latent);
+    const detail::ConstRowsRef<S> ke(cache.entries()), ve(cache.latent());
     detail::attention(detail::make_problem(qe, ke, ve, nullptr, Heads{c.heads, 1}, scaled(options)), out_latent, &lse);
 
     // W_UV absorbed into the output: o_h = W_UV_h (sum_j p_j c_j) [+ b_v when the row saw any key, since the

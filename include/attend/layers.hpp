@@ -56,7 +56,7 @@ struct MultiHeadAttention {
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
     const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
-    return attend_heads(project(q_proj, xe), project(k_proj, xe), project(v_proj, xe), options);
+    return attend_heads<T>(project(q_proj, xe), project(k_proj, xe), project(v_proj, xe), options);
   }
 
   /// Cross-attention: queries from x, keys and values from `context` (another sequence, S rows).
@@ -71,7 +71,7 @@ struct MultiHeadAttention {
     check(fn, x, options);
     detail::check_input(fn, "context", context, d_model);
     const detail::ConstRowsRef<T> ce(context.derived());
-    return attend_heads(project(q_proj, x), project(k_proj, ce), project(v_proj, ce), options);
+    return attend_heads<T>(project(q_proj, x), project(k_proj, ce), project(v_proj, ce), options);
   }
 
   /// Incremental decoding: appends the n new tokens' keys and values to `cache`, then attends the new queries
@@ -81,8 +81,11 @@ struct MultiHeadAttention {
   /// **Shapes:** (n,d_model) => (n,d_model); the cache grows by n tokens of 2*kv_heads*head_dim numbers.
   /// \throws attend::shape_error as forward(x), and when the cache holds tokens of a layer of other sizes; the
   ///         cache is unchanged then.
-  template <class Derived>
-  Matrix<T> forward(const Eigen::MatrixBase<Derived>& x, KVCache<T>& cache, const Options& options = {}) const {
+  ///
+  /// The cache may store its keys and values in 16 bits (KVCache<float, Eigen::bfloat16> or <float, Eigen::half>):
+  /// they are rounded as they are appended, and the kernel reads them as stored.
+  template <class Derived, class S>
+  Matrix<T> forward(const Eigen::MatrixBase<Derived>& x, KVCache<T, S>& cache, const Options& options = {}) const {
     constexpr const char* fn = "MultiHeadAttention::forward";
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
@@ -90,7 +93,7 @@ struct MultiHeadAttention {
     cache.check_widths(fn, kv_width, kv_width);
     const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
     cache.append(project(k_proj, xe), project(v_proj, xe));
-    return attend_heads(project(q_proj, xe), cache.keys(), cache.values(), options);
+    return attend_heads<S>(project(q_proj, xe), cache.keys(), cache.values(), options);
   }
 
   /// Numbers cached per token: a key and a value of head_dim for each kv head.
@@ -121,8 +124,9 @@ struct MultiHeadAttention {
     return detail::linear(lin.weight, lin.bias, x);
   }
 
-  Matrix<T> attend_heads(const detail::ConstRowsRef<T>& q, const detail::ConstRowsRef<T>& k,
-                         const detail::ConstRowsRef<T>& v, const Options& options) const {
+  template <class S>
+  Matrix<T> attend_heads(const detail::ConstRowsRef<T>& q, const detail::ConstRowsRef<S>& k,
+                         const detail::ConstRowsRef<S>& v, const Options& options) const {
     Matrix<T> heads_out(q.rows(), Index(heads) * head_dim);
     detail::attention(detail::make_problem(q, k, v, nullptr, Heads{heads, kv_heads}, options), heads_out, nullptr);
     return detail::linear(o_proj.weight, o_proj.bias, heads_out);

@@ -17,11 +17,13 @@ template <class DQ, class DK, class DV>
 Matrix<typename DQ::Scalar> multi_head(const char* fn, const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                                        const Eigen::MatrixBase<DV>& v, Heads heads, const Options& options) {
   using T = typename DQ::Scalar;
-  static_check_scalars<T, DK, DV>();
+  static_check_kernel_scalars<DQ, DK, DV>();
+  using S = typename DK::Scalar;
   check_multi_head(fn, q, k, v, heads, options);
-  const ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
+  const ConstRowsRef<T> qe(q.derived());
+  const ConstRowsRef<S> ke(k.derived()), ve(v.derived());
   Matrix<T> out(qe.rows(), ve.cols() / heads.kv * heads.query);
-  attention(make_problem<T>(qe, ke, ve, nullptr, heads, options), out, nullptr);
+  attention(make_problem(qe, ke, ve, nullptr, heads, options), out, nullptr);
   return out;
 }
 
@@ -56,11 +58,14 @@ AttentionResult<typename DQ::Scalar> multi_head_attention_with_lse(const Eigen::
                                                                    const Eigen::MatrixBase<DV>& v, Heads heads,
                                                                    const Options& options = {}) {
   using T = typename DQ::Scalar;
-  detail::static_check_scalars<T, DK, DV>();
+  detail::static_check_kernel_scalars<DQ, DK, DV>();
+  using S = typename DK::Scalar;
   detail::check_multi_head("multi_head_attention_with_lse", q, k, v, heads, options);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
-  AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols() / heads.kv * heads.query), Matrix<T>(qe.rows(), heads.query)};
-  detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, heads, options), r.out, &r.lse);
+  const detail::ConstRowsRef<T> qe(q.derived());
+  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
+  AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols() / heads.kv * heads.query),
+                       Matrix<accumulator_t<T>>(qe.rows(), heads.query)};
+  detail::attention(detail::make_problem(qe, ke, ve, nullptr, heads, options), r.out, &r.lse);
   return r;
 }
 
@@ -74,12 +79,14 @@ void multi_head_attention_into(const Eigen::MatrixBase<DQ>& q, const Eigen::Matr
                                detail::RowsRef<typename detail::type_identity<typename DQ::Scalar>::type> out,
                                const Options& options = {}) {
   using T = typename DQ::Scalar;
-  detail::static_check_scalars<T, DK, DV>();
+  detail::static_check_kernel_scalars<DQ, DK, DV>();
+  using S = typename DK::Scalar;
   constexpr const char* fn = "multi_head_attention_into";
   detail::check_multi_head(fn, q, k, v, heads, options);
   detail::check_output(fn, out, q.rows(), v.cols() / heads.kv * heads.query);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
-  detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, heads, options), out, nullptr);
+  const detail::ConstRowsRef<T> qe(q.derived());
+  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
+  detail::attention(detail::make_problem(qe, ke, ve, nullptr, heads, options), out, nullptr);
 }
 
 /// Grouped-query attention (GQA): `query_heads` query heads in groups sharing `kv_heads` key/value heads.

@@ -5,6 +5,7 @@
 /// Cross-attention is the same call with k and v taken from another sequence (Lk != Lq).
 
 #include <limits>
+#include <type_traits>
 
 #include "attend/detail/attention.hpp"
 #include "attend/detail/checks.hpp"
@@ -30,12 +31,14 @@ template <class DQ, class DK, class DV>
 Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                                                          const Eigen::MatrixBase<DV>& v, const Options& options = {}) {
   using T = typename DQ::Scalar;
-  detail::static_check_scalars<T, DK, DV>();
+  detail::static_check_kernel_scalars<DQ, DK, DV>();
+  using S = typename DK::Scalar;
   constexpr const char* fn = "scaled_dot_product_attention";
   detail::check_attention(fn, q, k, v, options);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
+  const detail::ConstRowsRef<T> qe(q.derived());
+  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
   Matrix<T> out(qe.rows(), ve.cols());
-  detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, Heads{1, 1}, options), out, nullptr);
+  detail::attention(detail::make_problem(qe, ke, ve, nullptr, Heads{1, 1}, options), out, nullptr);
   return out;
 }
 
@@ -50,13 +53,15 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase
                                                          const Eigen::MatrixBase<DB>& bias,
                                                          const Options& options = {}) {
   using T = typename DQ::Scalar;
-  detail::static_check_scalars<T, DK, DV, DB>();
+  detail::static_check_kernel_scalars<DQ, DK, DV, DB>();
+  using S = typename DK::Scalar;
   constexpr const char* fn = "scaled_dot_product_attention";
   detail::check_attention(fn, q, k, v, options);
   detail::check_bias(fn, bias, q, k);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived()), be(bias.derived());
+  const detail::ConstRowsRef<T> qe(q.derived()), be(bias.derived());
+  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
   Matrix<T> out(qe.rows(), ve.cols());
-  detail::attention(detail::make_problem<T>(qe, ke, ve, &be, Heads{1, 1}, options), out, nullptr);
+  detail::attention(detail::make_problem(qe, ke, ve, &be, Heads{1, 1}, options), out, nullptr);
   return out;
 }
 
@@ -72,11 +77,13 @@ AttentionResult<typename DQ::Scalar> scaled_dot_product_attention_with_lse(const
                                                                            const Eigen::MatrixBase<DV>& v,
                                                                            const Options& options = {}) {
   using T = typename DQ::Scalar;
-  detail::static_check_scalars<T, DK, DV>();
+  detail::static_check_kernel_scalars<DQ, DK, DV>();
+  using S = typename DK::Scalar;
   detail::check_attention("scaled_dot_product_attention_with_lse", q, k, v, options);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
-  AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols()), Matrix<T>(qe.rows(), 1)};
-  detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, Heads{1, 1}, options), r.out, &r.lse);
+  const detail::ConstRowsRef<T> qe(q.derived());
+  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
+  AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols()), Matrix<accumulator_t<T>>(qe.rows(), 1)};
+  detail::attention(detail::make_problem(qe, ke, ve, nullptr, Heads{1, 1}, options), r.out, &r.lse);
   return r;
 }
 
@@ -91,12 +98,14 @@ void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q, const Eig
                                        detail::RowsRef<typename detail::type_identity<typename DQ::Scalar>::type> out,
                                        const Options& options = {}) {
   using T = typename DQ::Scalar;
-  detail::static_check_scalars<T, DK, DV>();
+  detail::static_check_kernel_scalars<DQ, DK, DV>();
+  using S = typename DK::Scalar;
   constexpr const char* fn = "scaled_dot_product_attention_into";
   detail::check_attention(fn, q, k, v, options);
   detail::check_output(fn, out, q.rows(), v.cols());
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
-  detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, Heads{1, 1}, options), out, nullptr);
+  const detail::ConstRowsRef<T> qe(q.derived());
+  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
+  detail::attention(detail::make_problem(qe, ke, ve, nullptr, Heads{1, 1}, options), out, nullptr);
 }
 
 namespace detail {
@@ -104,19 +113,25 @@ namespace detail {
 template <class T>
 Matrix<T> weights(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const ConstRowsRef<T>* bias,
                   const Options& options) {
-  const Problem<T> pb = make_problem(q, k, k, bias, Heads{1, 1}, options);
+  using C = accumulator_t<T>;
+  const Problem<T, T> pb = make_problem(q, k, k, bias, Heads{1, 1}, options);
   const Index lq = q.rows(), lk = k.rows();
-  Matrix<T> p(lq, lk);
-  p.noalias() = (q * pb.scale) * k.transpose();  // s = scale * (q . k), the scale on q: one GEMM
-  ScoreTransform<T>(pb).rows(
+  Matrix<C> p(lq, lk);
+  // s = scale * (q . k), the scale on q: one GEMM, in the compute type (16-bit inputs are widened, not multiplied
+  // in 16 bits).
+  p.noalias() = (q.template cast<C>() * pb.scale) * k.template cast<C>().transpose();
+  ScoreTransform<T, T>(pb).rows(
       p, 0, [](Index i) { return i; }, [](Index) { return Index(0); });
   for (Index i = 0; i < lq; ++i) {
     const KeyRange vis = options.mask.keys(i, lq, lk);
-    p.row(i).head(vis.begin).setConstant(-std::numeric_limits<T>::infinity());
-    p.row(i).tail(lk - std::max(vis.begin, vis.end)).setConstant(-std::numeric_limits<T>::infinity());
+    p.row(i).head(vis.begin).setConstant(-std::numeric_limits<C>::infinity());
+    p.row(i).tail(lk - std::max(vis.begin, vis.end)).setConstant(-std::numeric_limits<C>::infinity());
     softmax_row_in_place(p.row(i), pb.sinks.empty() ? nullptr : pb.sinks.data());
   }
-  return p;
+  if constexpr (std::is_same_v<T, C>)
+    return p;
+  else
+    return p.template cast<T>();
 }
 
 }  // namespace detail
@@ -131,7 +146,7 @@ template <class DQ, class DK>
 Matrix<typename DQ::Scalar> attention_weights(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                                               const Options& options = {}) {
   using T = typename DQ::Scalar;
-  detail::static_check_scalars<T, DK>();
+  detail::static_check_kernel_scalars<DQ, DQ, DK>();  // q and k of one type
   constexpr const char* fn = "attention_weights";
   detail::check_attention(fn, q, k, k, options);
   const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived());
@@ -146,7 +161,7 @@ template <class DQ, class DK, class DB>
 Matrix<typename DQ::Scalar> attention_weights(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                                               const Eigen::MatrixBase<DB>& bias, const Options& options = {}) {
   using T = typename DQ::Scalar;
-  detail::static_check_scalars<T, DK, DB>();
+  detail::static_check_kernel_scalars<DQ, DQ, DK, DB>();  // q, k and the bias of one type
   constexpr const char* fn = "attention_weights";
   detail::check_attention(fn, q, k, k, options);
   detail::check_bias(fn, bias, q, k);

@@ -36,11 +36,11 @@
 namespace attend::detail {
 
 /// Attention of the problem into `out` [Lq, H*dv] and, when not null, `lse` [Lq, H]. Arguments are validated.
-template <class T>
-void attention(const Problem<T>& pb, RowsRef<typename type_identity<T>::type> out,
-               Matrix<typename type_identity<T>::type>* lse, const Tiles& tiles = Tiles()) {
+template <class T, class S>
+void attention(const Problem<T, S>& pb, RowsRef<typename type_identity<T>::type> out, Matrix<accumulator_t<T>>* lse,
+               const Tiles& tiles = Tiles()) {
   if (pb.positions == 0) return;
-  const std::vector<GroupKeys<T>> keys = group_keys(pb);
+  const std::vector<GroupKeys<S>> keys = group_keys(pb);
   const Plan s = plan(pb, tiles);
   if (s.split_keys)
     decode(pb, keys, s, tiles, out, lse);

@@ -10,17 +10,32 @@
 
 namespace attend::detail {
 
-/// The compile-time tier of attend's checks, with the two wordings every static_assert of attend uses: T must be
-/// a scalar attend computes in, and every matrix argument must hold T.
+/// The compile-time tier of attend's checks. Every static_assert of attend uses one of these two wordings.
+#define ATTEND_DETAIL_UNSUPPORTED_SCALAR \
+  "attend: unsupported scalar type (float or double; the kernels also take Eigen::bfloat16 and Eigen::half)"
+#define ATTEND_DETAIL_MIXED_SCALARS \
+  "attend: all matrix arguments must have the same scalar type (the kernels also take float q with 16-bit k and v)"
+
+/// T must be float or double (layers, norms, RoPE, the reference) and every matrix argument must hold T.
 template <class T, class... Derived>
 constexpr void static_check_scalars() {
-  static_assert(is_supported_scalar<T>, "attend: unsupported scalar type (attend computes in float or double)");
-  static_assert((std::is_same_v<T, typename Derived::Scalar> && ...),
-                "attend: all matrix arguments must have the same scalar type");
+  static_assert(is_compute_scalar<T>, ATTEND_DETAIL_UNSUPPORTED_SCALAR);
+  static_assert((std::is_same_v<T, typename Derived::Scalar> && ...), ATTEND_DETAIL_MIXED_SCALARS);
+}
+
+/// The kernels' rule: q (and a bias) of T, k and v both of S, with S == T or float q over 16-bit k and v.
+template <class DQ, class DK, class DV, class... DB>
+constexpr void static_check_kernel_scalars() {
+  using T = typename DQ::Scalar;
+  using S = typename DK::Scalar;
+  static_assert(is_supported_scalar<T> && is_supported_scalar<S>, ATTEND_DETAIL_UNSUPPORTED_SCALAR);
+  static_assert(std::is_same_v<S, typename DV::Scalar> && is_storage_pair<T, S> &&
+                    (std::is_same_v<T, typename DB::Scalar> && ...),
+                ATTEND_DETAIL_MIXED_SCALARS);
 }
 
 template <class Compute, class Q>
-using compute_scalar = std::conditional_t<std::is_void_v<Compute>, typename Q::Scalar, Compute>;
+using compute_scalar = std::conditional_t<std::is_void_v<Compute>, accumulator_t<typename Q::Scalar>, Compute>;
 
 /// Checks q [Lq,d], k [Lk,d], v [Lk,dv] and the options. `Compute` is the scalar type the caller computes in
 /// (default: q's), against which the options' scale and softcap must be representable.

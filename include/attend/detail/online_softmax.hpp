@@ -150,11 +150,26 @@ T log_sum_exp(T m, T l) {
 /// so the weights sum to less than 1. Because it needs only the finished row, the split-key and ring paths compute
 /// their parts without the sink, merge them, and apply it once. A row that saw no key (lse = -inf) stays zero with
 /// lse' = sink; NaN stays NaN.
+///
+/// sink_row() gives the factor and the new lse; apply_sink() applies them in place.
+template <class T>
+struct Sunk {
+  T factor;  ///< 1 / (1 + exp(sink - lse)), what the row's output is multiplied by
+  T lse;     ///< log(exp(lse) + exp(sink))
+};
+template <class T>
+Sunk<T> sink_row(T lse, T sink) {
+  const T hi = std::max(lse, sink);
+  return {T(1) / (T(1) + std::exp(sink - lse)),                      // out' = out / (1 + exp(sink - lse))
+          hi + std::log(std::exp(lse - hi) + std::exp(sink - hi))};  // log(exp(lse) + exp(sink)), shifted
+}
+
+/// apply_sink() in place on a row and its lse.
 template <class Row, class T>
 void apply_sink(Row&& out, T& lse, T sink) {
-  const T hi = std::max(lse, sink);
-  out *= T(1) / (T(1) + std::exp(sink - lse));                    // out' = out / (1 + exp(sink - lse))
-  lse = hi + std::log(std::exp(lse - hi) + std::exp(sink - hi));  // log(exp(lse) + exp(sink)), shifted
+  const Sunk<T> r = sink_row(lse, sink);
+  out *= r.factor;
+  lse = r.lse;
 }
 
 }  // namespace attend::detail::online_softmax

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 
 #include "attend/detail/assert.hpp"
 #include "attend/detail/finite.hpp"
@@ -29,41 +30,54 @@
 
 namespace attend::detail {
 
+/// Packs keys [kt, kt + tk) of `kv` (stored as S) as right operands of C: K^T [d x tk] at k, V [tk x dv] at v.
+/// Keys stored in 16 bits are converted to C first (into `scratch`), then packed as float keys are.
+template <class C, class S>
+void pack_key_rows(C* k, C* v, const GroupKeys<S>& kv, Index kt, Index tk, Matrix<C>& scratch) {
+  if (tk == 0) return;
+  Index ld;
+  const C* rows = rows_of(kv.k, kt, kt + tk, scratch, 0, ld);
+  PackedGemm<C>::pack_rhs_transposed(k, rows, ld, tk, kv.k.cols());
+  rows = rows_of(kv.v, kt, kt + tk, scratch, 0, ld);
+  PackedGemm<C>::pack_rhs_rows(v, rows, ld, tk, kv.v.cols());
+}
+
 /// One kv group's keys and values packed as right operands: keys as K^T [d x Lk], values as V [Lk x dv]. Reused
 /// by every query tile of the group that runs on this thread.
-template <class T>
+template <class C>
 struct PackedKeys {
-  Vector<T> k, v;
+  Vector<C> k, v;
   Index keys = 0;
-  Index group = -1;  ///< the kv group held, -1 for none
+  Index group = -1;   ///< the kv group held, -1 for none
+  Matrix<C> scratch;  ///< keys converted from 16-bit storage before packing (else unused)
 
-  void pack(const GroupKeys<T>& kv, Index g) {
+  template <class S>
+  void pack(const GroupKeys<S>& kv, Index g) {
     keys = kv.k.rows();
     k.resize(keys * kv.k.cols());
     v.resize(keys * kv.v.cols());
-    if (keys > 0) {
-      PackedGemm<T>::pack_rhs_transposed(k.data(), kv.k.data(), kv.k.outerStride(), keys, kv.k.cols());
-      PackedGemm<T>::pack_rhs_rows(v.data(), kv.v.data(), kv.v.outerStride(), keys, kv.v.cols());
-    }
+    if constexpr (!std::is_same_v<C, S>) scratch.resize(keys, std::max(kv.k.cols(), kv.v.cols()));
+    pack_key_rows(k.data(), v.data(), kv, 0, keys, scratch);
     group = g;
   }
 };
 
 /// Scratch space of the packed mainloop for tiles of up to `rows` rows and key tiles of up to `keys` keys; sized
 /// once per thread, reused for every tile.
-template <class T>
+template <class C>
 struct PackedWorkspace {
-  using ColMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
-  Matrix<T> q;               ///< [rows, d]: the tile's stacked, scaled queries
-  Matrix<T> acc;             ///< [rows, dv]: the normalized output rows, after finish()
-  Vector<T> max;             ///< running row maximum m
-  Vector<T> sum;             ///< running row sum l, then the log-sum-exp
-  Vector<T> divisor;         ///< what each row divides by at the end
-  Vector<T> q_packed;        ///< the tile's queries packed as a left operand
-  Vector<T> q_part;          ///< some of the tile's rows packed, for key tiles the others do not see (lazily)
-  Vector<T> panels;          ///< [rows x panel_keys] S, then P, in the packed left layout
+  using ColMajor = Eigen::Matrix<C, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+  Matrix<C> q;               ///< [rows, d]: the tile's stacked, scaled queries
+  Matrix<C> acc;             ///< [rows, dv]: the normalized output rows, after finish()
+  Vector<C> max;             ///< running row maximum m
+  Vector<C> sum;             ///< running row sum l, then the log-sum-exp
+  Vector<C> divisor;         ///< what each row divides by at the end
+  Vector<C> q_packed;        ///< the tile's queries packed as a left operand
+  Vector<C> q_part;          ///< some of the tile's rows packed, for key tiles the others do not see (lazily)
+  Vector<C> panels;          ///< [rows x panel_keys] S, then P, in the packed left layout
   ColMajor acc_cols;         ///< [rows+, dv]: the unnormalized output, column-major as the packed product writes it
-  Vector<T> k_tile, v_tile;  ///< one key tile packed, when groups are not packed whole (lazily)
+  Vector<C> k_tile, v_tile;  ///< one key tile packed, when groups are not packed whole (lazily)
+  Matrix<C> convert;         ///< one key tile converted from 16-bit storage before packing (lazily)
   std::vector<Index> visible_lo, visible_hi;  ///< per tile row: the keys of a cut tile it sees
   Index panel_keys;                           ///< the most keys a tile holds: `keys` rounded up to whole panels
 
@@ -77,7 +91,7 @@ struct PackedWorkspace {
         acc_cols(padded_column(rows), dv),
         visible_lo(static_cast<std::size_t>(rows)),
         visible_hi(static_cast<std::size_t>(rows)),
-        panel_keys((keys + PackedGemm<T>::nr - 1) / PackedGemm<T>::nr * PackedGemm<T>::nr) {
+        panel_keys((keys + PackedGemm<C>::nr - 1) / PackedGemm<C>::nr * PackedGemm<C>::nr) {
     panels.resize(rows * panel_keys);
   }
 
@@ -86,7 +100,7 @@ struct PackedWorkspace {
   /// step by one column; with columns of a power-of-two size every step lands in the same few L1 sets and each
   /// read misses.
   static Index padded_column(Index rows) {
-    constexpr Index line = 64 / sizeof(T);
+    constexpr Index line = 64 / sizeof(C);
     const Index lines = (rows + line - 1) / line;
     return (lines % 2 == 1 ? lines : lines + 1) * line;
   }
@@ -95,24 +109,25 @@ struct PackedWorkspace {
 /// One query tile through the packed mainloop: the constructor, absorb() key tiles in increasing order, finish().
 /// `packed`, when given, holds the group's keys and values packed whole; without it each key tile is packed as it
 /// is absorbed.
-template <class T>
+template <class T, class S = T>
 class PackedTile {
  public:
-  using Gemm = PackedGemm<T>;
+  using C = accumulator_t<T>;
+  using Gemm = PackedGemm<C>;
 
-  PackedTile(const Problem<T>& pb, const GroupKeys<T>& kv, const PackedKeys<T>* packed, Index g, Index p0, Index p1,
-             PackedWorkspace<T>& ws)
+  PackedTile(const Problem<T, S>& pb, const GroupKeys<S>& kv, const PackedKeys<C>* packed, Index g, Index p0, Index p1,
+             PackedWorkspace<C>& ws)
       : tile_(pb, g, p0, p1), kv_(kv), packed_(packed), ws_(ws), transform_(pb) {
     const Index rows = tile_.rows();
     ATTEND_DASSERT(rows <= ws.q.rows(), "the tile's rows fit the packed workspace");
     tile_.load_queries(ws.q);
-    ws.max.head(rows).setConstant(-std::numeric_limits<T>::infinity());
+    ws.max.head(rows).setConstant(-std::numeric_limits<C>::infinity());
     ws.sum.head(rows).setZero();
     ws.acc_cols.topRows(rows).setZero();
     Gemm::pack_lhs_rows(ws.q_packed.data(), ws.q.data(), ws.q.outerStride(), rows, pb.d);
   }
 
-  const QueryTile<T>& tile() const { return tile_; }
+  const QueryTile<T, S>& tile() const { return tile_; }
 
   /// Folds keys [kt, kt + tk) (within tile().keys()) into the running softmax. A value row whose key is hidden
   /// from a query (by the mask or a -inf bias) is never multiplied into that query's output, so infinities or NaN
@@ -137,7 +152,7 @@ class PackedTile {
     Gemm::transpose(ws_.acc.data(), ws_.acc.outerStride(), ws_.acc_cols.data(), ws_.acc_cols.outerStride(), rows,
                     tile_.problem().dv);
     for (Index r = 0; r < rows; ++r) {
-      if (l[r] == T(0)) ws_.acc.row(r).setZero();  // saw no key: zeros, as the contract says, whatever V held
+      if (l[r] == C(0)) ws_.acc.row(r).setZero();  // saw no key: zeros, as the contract says, whatever V held
       l[r] = online_softmax::log_sum_exp(ws_.max[r], l[r]);
     }
   }
@@ -145,13 +160,13 @@ class PackedTile {
  private:
   /// Rows [r0, r1) of the tile against keys [kt, kt + tk).
   void absorb_rows(Index kt, Index tk, bool cut_by_mask, Index r0, Index r1) {
-    const Problem<T>& pb = tile_.problem();
+    const Problem<T, S>& pb = tile_.problem();
     const Index d = pb.d, dv = pb.dv;
 
     // Rows that see none of the tile are left out. When they are only a prefix, the packed queries serve from
     // the panel that holds row r0 on (whole panels of mr rows come first, so rows from a multiple of mr on are
     // packed exactly as they would be alone); otherwise the rows that remain are packed afresh.
-    const T* q = ws_.q_packed.data();
+    const C* q = ws_.q_packed.data();
     if (r1 == tile_.rows()) {
       r0 = r0 / Gemm::mr * Gemm::mr;
       q += r0 * d;
@@ -161,7 +176,7 @@ class PackedTile {
       q = ws_.q_part.data();
     }
     const Index rows = r1 - r0;
-    const T *k, *v;
+    const C *k, *v;
     Index v_stride, v_offset;
     if (packed_) {
       k = packed_->k.data() + kt * d;
@@ -171,8 +186,9 @@ class PackedTile {
     } else {
       if (ws_.k_tile.size() < tk * d) ws_.k_tile.resize(ws_.panel_keys * d);  // sized for the largest tile
       if (ws_.v_tile.size() < tk * dv) ws_.v_tile.resize(ws_.panel_keys * dv);
-      Gemm::pack_rhs_transposed(ws_.k_tile.data(), kv_.k.row(kt).data(), kv_.k.outerStride(), tk, d);
-      Gemm::pack_rhs_rows(ws_.v_tile.data(), kv_.v.row(kt).data(), kv_.v.outerStride(), tk, dv);
+      if constexpr (!std::is_same_v<C, S>)
+        if (ws_.convert.rows() < tk) ws_.convert.resize(ws_.panel_keys, std::max(d, dv));
+      pack_key_rows(ws_.k_tile.data(), ws_.v_tile.data(), kv_, kt, tk, ws_.convert);
       k = ws_.k_tile.data();
       v = ws_.v_tile.data();
       v_stride = tk;
@@ -180,13 +196,13 @@ class PackedTile {
     }
 
     // S = Q K^T: panel (i, h) is the column-major h x tk block at s + i * tk, exactly where packing P would put it.
-    T* const s = ws_.panels.data();
+    C* const s = ws_.panels.data();
     Gemm::for_each_panel(rows, [&](Index i, Index h) {
-      std::fill_n(s + i * tk, h * tk, T(0));
+      std::fill_n(s + i * tk, h * tk, C(0));
       Gemm::multiply_add(s + i * tk, h, q + i * d, k, h, d, tk);
     });
     // The score transform: softcap over the whole tile, bias and ALiBi entry by entry (strided in this layout).
-    transform_.cap(Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(s, rows * tk));
+    transform_.cap(Eigen::Map<Eigen::Array<C, Eigen::Dynamic, 1>>(s, rows * tk));
     if (transform_.has_terms())
       Gemm::for_each_panel(rows, [&](Index i, Index h) {
         for (Index r = 0; r < h; ++r)
@@ -217,8 +233,8 @@ class PackedTile {
       Gemm::for_each_panel(rows, [&](Index i, Index h) {
         for (Index r = 0; r < h; ++r)
           for (Index j = 0; j < tk; ++j) {
-            const T w = s[i * tk + j * h + r];
-            if (w != T(0)) ws_.acc_cols.row(r0 + i + r) += w * v_rows.row(j);
+            const C w = s[i * tk + j * h + r];
+            if (w != C(0)) ws_.acc_cols.row(r0 + i + r) += w * v_rows.row(j).template cast<C>();
           }
       });
     } else {
@@ -226,11 +242,11 @@ class PackedTile {
     }
   }
 
-  QueryTile<T> tile_;
-  const GroupKeys<T>& kv_;
-  const PackedKeys<T>* packed_;
-  PackedWorkspace<T>& ws_;
-  ScoreTransform<T> transform_;
+  QueryTile<T, S> tile_;
+  const GroupKeys<S>& kv_;
+  const PackedKeys<C>* packed_;
+  PackedWorkspace<C>& ws_;
+  ScoreTransform<T, S> transform_;
 };
 
 }  // namespace attend::detail

@@ -26,8 +26,8 @@ inline Index decode_chunk_keys(const Tiles& tiles, Index lk) {
   return std::min(tiles.decode_chunk(), std::max<Index>(512, (lk + 3) / 4));
 }
 
-template <class T>
-Plan plan(const Problem<T>& pb, const Tiles& tiles) {
+template <class T, class S>
+Plan plan(const Problem<T, S>& pb, const Tiles& tiles) {
   Plan s;
   s.tile_positions = std::max<Index>(1, tiles.queries() / pb.stack);
   // A call whose every tile is few rows (decoding) reads keys in tiles whose scores stay in L1.

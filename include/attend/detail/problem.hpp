@@ -5,6 +5,7 @@
 /// schedule and mainloop derives its tiles from.
 
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "attend/masks.hpp"
@@ -13,66 +14,73 @@
 
 namespace attend::detail {
 
-/// q [Lq, H*d], k [Lk, G*d], v [Lk, G*dv] and an optional bias [Lq, Lk] shared by all heads. The views are the
-/// caller's: a Problem lives no longer than the call that built it.
-template <class T>
+/// q [Lq, H*d], k [Lk, G*d], v [Lk, G*dv] and an optional bias [Lq, Lk] shared by all heads. q, the bias and the
+/// output are of T; k and v of S: the same type, or 16-bit keys and values under float queries (a 16-bit cache).
+/// Everything is computed in C = accumulator_t<T>: float for 16-bit inputs. The views are the caller's: a Problem
+/// lives no longer than the call that built it.
+template <class T, class S = T>
 struct Problem {
+  using Input = T;             ///< q, bias, output
+  using Storage = S;           ///< k, v
+  using C = accumulator_t<T>;  ///< scores, softmax statistics, accumulators
   const ConstRowsRef<T>& q;
-  const ConstRowsRef<T>& k;
-  const ConstRowsRef<T>& v;
+  const ConstRowsRef<S>& k;
+  const ConstRowsRef<S>& v;
   const ConstRowsRef<T>* bias;
   Mask mask;
-  T scale;          ///< folded into the queries: s = (scale * q) . k, one multiply per query instead of per score
-  T softcap;        ///< 0: none
+  C scale;          ///< folded into the queries: s = (scale * q) . k, one multiply per query instead of per score
+  C softcap;        ///< 0: none
   Index positions;  ///< Lq
   Index keys;       ///< Lk
   Index d, dv;
   Index groups;          ///< G, the kv heads
   Index stack;           ///< H / G, the query heads that share one kv head
-  std::vector<T> sinks;  ///< empty, or one logit per query head
-  std::vector<T> alibi;  ///< empty, or one slope per query head
+  std::vector<C> sinks;  ///< empty, or one logit per query head
+  std::vector<C> alibi;  ///< empty, or one slope per query head
   Index alibi_diagonal;  ///< ALiBi's distance of query i and key j is |i + alibi_diagonal - j|
 };
 
 /// The Problem of a call with validated arguments (check_multi_head() or check_attention() passed). ALiBi measures
 /// distances from the mask's diagonal: Lk - Lq, or the one Mask::with_diagonal() fixed, or `alibi_diagonal` when
 /// given (blocks of a longer sequence under a mask that has no diagonal, as ring attention's none()).
-template <class T>
-Problem<T> make_problem(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const ConstRowsRef<T>& v,
-                        const ConstRowsRef<typename type_identity<T>::type>* bias, Heads heads, const Options& options,
-                        std::optional<Index> alibi_diagonal = std::nullopt) {
+template <class T, class S>
+Problem<T, S> make_problem(const ConstRowsRef<T>& q, const ConstRowsRef<S>& k, const ConstRowsRef<S>& v,
+                           const ConstRowsRef<typename type_identity<T>::type>* bias, Heads heads,
+                           const Options& options, std::optional<Index> alibi_diagonal = std::nullopt) {
+  using C = accumulator_t<T>;
   const Index d = q.cols() / heads.query;
-  const auto in_t = [](const std::vector<double>& x) { return std::vector<T>(x.begin(), x.end()); };
-  return Problem<T>{q,
-                    k,
-                    v,
-                    bias,
-                    options.mask,
-                    static_cast<T>(scale_for(options, d)),
-                    static_cast<T>(options.softcap),
-                    q.rows(),
-                    k.rows(),
-                    d,
-                    v.cols() / heads.kv,
-                    heads.kv,
-                    heads.query / heads.kv,
-                    in_t(options.sinks),
-                    in_t(options.alibi_slopes),
-                    alibi_diagonal.value_or(options.mask.diagonal().value_or(k.rows() - q.rows()))};
+  const auto in_c = [](const std::vector<double>& x) { return std::vector<C>(x.begin(), x.end()); };
+  return Problem<T, S>{q,
+                       k,
+                       v,
+                       bias,
+                       options.mask,
+                       static_cast<C>(scale_for(options, d)),
+                       static_cast<C>(options.softcap),
+                       q.rows(),
+                       k.rows(),
+                       d,
+                       v.cols() / heads.kv,
+                       heads.kv,
+                       heads.query / heads.kv,
+                       in_c(options.sinks),
+                       in_c(options.alibi_slopes),
+                       alibi_diagonal.value_or(options.mask.diagonal().value_or(k.rows() - q.rows()))};
 }
 
-/// The keys [Lk, d] and values [Lk, dv] of one kv group: column slices of the problem's k and v, read in place.
-template <class T>
+/// The keys [Lk, d] and values [Lk, dv] of one kv group, as stored (S): column slices of the problem's k and v,
+/// read in place. This is the key storage the mainloops read; rows_of() gives them in the compute type.
+template <class S>
 struct GroupKeys {
-  ConstRowsRef<T> k;
-  ConstRowsRef<T> v;
+  ConstRowsRef<S> k;
+  ConstRowsRef<S> v;
 };
 
 /// Every group's keys and values. Without keys nothing is read from them, and a column block of an empty matrix
 /// would offset its null data pointer (undefined behaviour), so then each group gets the empty matrices whole.
-template <class T>
-std::vector<GroupKeys<T>> group_keys(const Problem<T>& pb) {
-  std::vector<GroupKeys<T>> slices;
+template <class T, class S>
+std::vector<GroupKeys<S>> group_keys(const Problem<T, S>& pb) {
+  std::vector<GroupKeys<S>> slices;
   slices.reserve(static_cast<std::size_t>(pb.groups));
   for (Index g = 0; g < pb.groups; ++g)
     if (pb.keys == 0)
@@ -80,6 +88,23 @@ std::vector<GroupKeys<T>> group_keys(const Problem<T>& pb) {
     else
       slices.push_back({pb.k.middleCols(g * pb.d, pb.d), pb.v.middleCols(g * pb.dv, pb.dv)});
   return slices;
+}
+
+/// Rows [j0, j1) of `rows` (stored as S) in the compute type C: a view of the rows themselves when S is C,
+/// else the rows converted into `scratch` (rows j0.. land at scratch row scratch_row..). The generic path for
+/// 16-bit storage: tiles converted to float, then the float mainloops.
+template <class C, class S>
+const C* rows_of(const ConstRowsRef<S>& rows, Index j0, Index j1, Matrix<C>& scratch, Index scratch_row,
+                 Index& stride) {
+  if constexpr (std::is_same_v<C, S>) {
+    (void)scratch, (void)scratch_row;
+    stride = rows.outerStride();
+    return rows.data() + j0 * rows.outerStride();
+  } else {
+    scratch.middleRows(scratch_row, j1 - j0) = rows.middleRows(j0, j1 - j0).template cast<C>();
+    stride = scratch.outerStride();
+    return scratch.data() + scratch_row * scratch.outerStride();
+  }
 }
 
 }  // namespace attend::detail

@@ -10,6 +10,7 @@
 /// Key tiles outside keys() are never visited; only tiles that leave seen_by_all() need per-row limits.
 
 #include <algorithm>
+#include <type_traits>
 #include <utility>
 
 #include "attend/detail/assert.hpp"
@@ -20,10 +21,13 @@
 
 namespace attend::detail {
 
-template <class T>
+template <class T, class S = T>
 class QueryTile {
  public:
-  QueryTile(const Problem<T>& pb, Index g, Index p0, Index p1) : pb_(pb), g_(g), p0_(p0), rows_((p1 - p0) * pb.stack) {
+  using C = accumulator_t<T>;
+
+  QueryTile(const Problem<T, S>& pb, Index g, Index p0, Index p1)
+      : pb_(pb), g_(g), p0_(p0), rows_((p1 - p0) * pb.stack) {
     ATTEND_DASSERT(p0 < p1 && p1 <= pb.positions, "a query tile holds positions within the problem");
     const KeyRange first = pb.mask.keys(p0, pb.positions, pb.keys);
     const KeyRange last = pb.mask.keys(p1 - 1, pb.positions, pb.keys);
@@ -32,7 +36,7 @@ class QueryTile {
     seen_by_all_ = KeyRange{last.begin, first.end};
   }
 
-  const Problem<T>& problem() const { return pb_; }
+  const Problem<T, S>& problem() const { return pb_; }
   Index group() const { return g_; }
   Index rows() const { return rows_; }
   /// The query position of tile row r.
@@ -45,14 +49,15 @@ class QueryTile {
   KeyRange seen_by_all() const { return seen_by_all_; }
 
   /// The tile's queries, stacked and scaled (scale * q: the first verb of the score transform), into the first
-  /// rows() rows of `dst` [>= rows(), d].
-  void load_queries(Matrix<T>& dst) const {
+  /// rows() rows of `dst` [>= rows(), d], in the compute type.
+  void load_queries(Matrix<C>& dst) const {
     ATTEND_DASSERT(dst.rows() >= rows_ && dst.cols() == pb_.d, "the query workspace holds the tile");
     const Index stack = pb_.stack, p1 = p0_ + rows_ / stack;
     auto q = dst.topRows(rows_);
     for (Index p = p0_; p < p1; ++p)
       for (Index h = 0; h < stack; ++h)
-        q.row((p - p0_) * stack + h) = pb_.q.block(p, (g_ * stack + h) * pb_.d, 1, pb_.d) * pb_.scale;
+        q.row((p - p0_) * stack + h) =
+            pb_.q.block(p, (g_ * stack + h) * pb_.d, 1, pb_.d).template cast<C>() * pb_.scale;
   }
 
   /// The rows of the tile that see some of keys [kt, kt + tk): [r0, r1), and whether the mask cuts the key tile.
@@ -83,26 +88,33 @@ class QueryTile {
   }
 
  private:
-  const Problem<T>& pb_;
+  const Problem<T, S>& pb_;
   Index g_, p0_, rows_;
   KeyRange keys_, seen_by_all_;
 };
 
-/// Writes one finished row, query position p of query head h, into out [Lq, H*dv] and, when not null, lse [Lq, H],
-/// applying the head's sink first when the problem has sinks.
-template <class T, class Row>
-void store_row(const Problem<T>& pb, Index p, Index h, const Row& row, T row_lse, RowsRef<T>& out, Matrix<T>* lse) {
+/// Writes one finished row (compute type), query position p of query head h, into out [Lq, H*dv] (rounded to T
+/// when T is 16-bit: the output is stored) and, when not null, lse [Lq, H], applying the head's sink first when the
+/// problem has sinks.
+template <class T, class S, class Row>
+void store_row(const Problem<T, S>& pb, Index p, Index h, const Row& row, accumulator_t<T> row_lse, RowsRef<T>& out,
+               Matrix<accumulator_t<T>>* lse) {
   auto dst = out.block(p, h * pb.dv, 1, pb.dv);
-  dst = row;
-  if (!pb.sinks.empty()) online_softmax::apply_sink(dst, row_lse, pb.sinks[h]);
+  if (pb.sinks.empty()) {
+    dst = row.template cast<T>();
+  } else {
+    const auto sunk = online_softmax::sink_row(row_lse, pb.sinks[h]);
+    dst = (row * sunk.factor).template cast<T>();
+    row_lse = sunk.lse;
+  }
   if (lse) (*lse)(p, h) = row_lse;
 }
 
 /// Writes the results of group g's tile of positions [p0, p1): tile row r (row r of `rows_out`, entry r of
 /// `rows_lse`) is position p0 + r / stack, query head g * stack + r % stack.
-template <class T, class RowsOut, class RowsLse>
-void store_tile_rows(const Problem<T>& pb, Index g, Index p0, Index p1, const RowsOut& rows_out,
-                     const RowsLse& rows_lse, RowsRef<T>& out, Matrix<T>* lse) {
+template <class T, class S, class RowsOut, class RowsLse>
+void store_tile_rows(const Problem<T, S>& pb, Index g, Index p0, Index p1, const RowsOut& rows_out,
+                     const RowsLse& rows_lse, RowsRef<T>& out, Matrix<accumulator_t<T>>* lse) {
   for (Index p = p0; p < p1; ++p)
     for (Index h = 0; h < pb.stack; ++h) {
       const Index r = (p - p0) * pb.stack + h;

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
 #include "attend/detail/assert.hpp"
 #include "attend/detail/finite.hpp"
@@ -22,40 +23,54 @@
 #include "attend/detail/problem.hpp"
 #include "attend/detail/query_tile.hpp"
 #include "attend/detail/row_products.hpp"
+#include "attend/detail/row_products16.hpp"
 #include "attend/detail/score_transform.hpp"
 #include "attend/shapes.hpp"
 
 namespace attend::detail {
 
-/// Scratch space of the rows mainloop for tiles of up to `rows` rows and key tiles of up to `keys` keys; sized
-/// once per thread, reused for every tile.
-template <class T>
+/// Scratch space of the rows mainloop for tiles of up to `rows` rows and key tiles of up to `keys` keys, in the
+/// compute type C; sized once per thread, reused for every tile.
+template <class C>
 struct RowsWorkspace {
-  Matrix<T> q;       ///< [rows, d]: the tile's stacked, scaled queries
-  Matrix<T> scores;  ///< [rows, keys]: S, then P in place
-  Matrix<T> acc;     ///< [rows, dv]: the unnormalized output rows, then the normalized ones
-  Vector<T> max;     ///< running row maximum m
-  Vector<T> sum;     ///< running row sum l, then the log-sum-exp
+  Matrix<C> q;               ///< [rows, d]: the tile's stacked, scaled queries
+  Matrix<C> scores;          ///< [rows, keys]: S, then P in place
+  Matrix<C> acc;             ///< [rows, dv]: the unnormalized output rows, then the normalized ones
+  Vector<C> max;             ///< running row maximum m
+  Vector<C> sum;             ///< running row sum l, then the log-sum-exp
+  Matrix<C> k_rows, v_rows;  ///< [keys, d], [keys, dv]: a key tile converted from 16-bit storage (else empty)
 
-  RowsWorkspace(Index rows, Index keys, Index d, Index dv)
-      : q(rows, d), scores(rows, keys), acc(rows, dv), max(rows), sum(rows) {}
+  RowsWorkspace(Index rows, Index keys, Index d, Index dv, bool converts = false)
+      : q(rows, d),
+        scores(rows, keys),
+        acc(rows, dv),
+        max(rows),
+        sum(rows),
+        k_rows(converts ? keys : 0, d),
+        v_rows(converts ? keys : 0, dv) {}
 };
 
 /// One query tile through the rows mainloop: the constructor, absorb() key tiles in increasing order, finish().
-template <class T>
+/// Keys and values stored in 16 bits are converted to C a few key rows at a time as they are read, or read in
+/// their storage by detail::RowProducts16 where the CPU can.
+template <class T, class S = T>
 class RowsTile {
  public:
-  RowsTile(const Problem<T>& pb, const GroupKeys<T>& kv, Index g, Index p0, Index p1, RowsWorkspace<T>& ws)
+  using C = accumulator_t<T>;
+
+  RowsTile(const Problem<T, S>& pb, const GroupKeys<S>& kv, Index g, Index p0, Index p1, RowsWorkspace<C>& ws)
       : tile_(pb, g, p0, p1), kv_(kv), ws_(ws), transform_(pb) {
     const Index rows = tile_.rows();
     ATTEND_DASSERT(rows <= ws.q.rows(), "the tile's rows fit the rows workspace");
+    ATTEND_DASSERT((std::is_same_v<C, S> || ws.k_rows.rows() == ws.scores.cols()),
+                   "a workspace for 16-bit keys holds a converted key tile");
     tile_.load_queries(ws.q);
-    ws.max.head(rows).setConstant(-std::numeric_limits<T>::infinity());
+    ws.max.head(rows).setConstant(-std::numeric_limits<C>::infinity());
     ws.sum.head(rows).setZero();
     ws.acc.topRows(rows).setZero();
   }
 
-  const QueryTile<T>& tile() const { return tile_; }
+  const QueryTile<T, S>& tile() const { return tile_; }
 
   /// Folds keys [kt, kt + tk) (within tile().keys()) into the running softmax. A value row whose key is hidden
   /// from a query (by the mask or a -inf bias) is never multiplied into that query's output, so infinities or NaN
@@ -80,7 +95,7 @@ class RowsTile {
   void finish() {
     auto l = ws_.sum.head(tile_.rows());
     for (Index r = 0; r < tile_.rows(); ++r) {
-      if (l[r] == T(0))
+      if (l[r] == C(0))
         ws_.acc.row(r).setZero();  // saw no key: zeros, as the contract says, whatever V held
       else
         ws_.acc.row(r) /= l[r];  // O = acc / l
@@ -103,9 +118,20 @@ class RowsTile {
     const Index r0 = part_.r0, rows = part_.r1 - part_.r0;
     if (rows == 0) return;
     const auto q = ws_.q.middleRows(r0, rows);
-    const auto k = kv_.k.middleRows(j0, j1 - j0);
-    RowProducts<T>::scores(&ws_.scores(0, j0 - kt_), ws_.scores.outerStride(), q.data(), q.outerStride(), rows,
-                           k.data(), k.outerStride(), j1 - j0, tile_.problem().d);
+    C* s = &ws_.scores(0, j0 - kt_);
+#if defined(ATTEND_X86_DISPATCH)
+    if constexpr (is_16bit<S>)
+      if (RowProducts16<S>::available()) {
+        const auto k = kv_.k.middleRows(j0, j1 - j0);
+        RowProducts16<S>::scores(s, ws_.scores.outerStride(), q.data(), q.outerStride(), rows, k.data(),
+                                 k.outerStride(), j1 - j0, tile_.problem().d);
+        return;
+      }
+#endif
+    Index ldk;
+    const C* k = rows_of(kv_.k, j0, j1, ws_.k_rows, j0 - kt_, ldk);
+    RowProducts<C>::scores(s, ws_.scores.outerStride(), q.data(), q.outerStride(), rows, k, ldk, j1 - j0,
+                           tile_.problem().d);
   }
 
   /// The score transform and the online-softmax step of the tile begun, row by row: the scores become the
@@ -128,7 +154,7 @@ class RowsTile {
       s.row(r).tail(tk - hi).setZero();
       if (lo == hi) continue;  // nothing visible here: m, l and acc stay as they are
       online_softmax::row_step(m[r], l[r], s.row(r).segment(lo, hi - lo).array(), transform_.has_bias(),
-                               [&](T alpha) { acc.row(r) *= alpha; });  // acc' = alpha acc
+                               [&](C alpha) { acc.row(r) *= alpha; });  // acc' = alpha acc
     }
     // Zero weights times non-finite values would poison the row: see finite.hpp.
     skip_zero_weights_ = (cut_by_mask || transform_.has_bias()) && !all_finite(kv_.v.middleRows(kt, tk));
@@ -139,25 +165,35 @@ class RowsTile {
     const Index r0 = part_.r0, rows = part_.r1 - part_.r0;
     if (rows == 0) return;
     auto acc = ws_.acc.middleRows(r0, rows);
-    const auto v = kv_.v.middleRows(j0, j1 - j0);
-    const T* p = &ws_.scores(0, j0 - kt_);
-    const Index ldp = ws_.scores.outerStride();
+    const C* p = &ws_.scores(0, j0 - kt_);
+    const Index ldp = ws_.scores.outerStride(), dv = tile_.problem().dv;
     if (skip_zero_weights_) {
+      const auto v = kv_.v.middleRows(j0, j1 - j0);
       for (Index r = 0; r < rows; ++r)
         for (Index j = 0; j < j1 - j0; ++j)
-          if (p[r * ldp + j] != T(0)) acc.row(r) += p[r * ldp + j] * v.row(j);
-    } else {
-      RowProducts<T>::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, v.data(), v.outerStride(), j1 - j0,
-                                 tile_.problem().dv);
+          if (p[r * ldp + j] != C(0)) acc.row(r) += p[r * ldp + j] * v.row(j).template cast<C>();
+      return;
     }
+#if defined(ATTEND_X86_DISPATCH)
+    if constexpr (is_16bit<S>)
+      if (RowProducts16<S>::available()) {
+        const auto v = kv_.v.middleRows(j0, j1 - j0);
+        RowProducts16<S>::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, v.data(), v.outerStride(), j1 - j0,
+                                     dv);
+        return;
+      }
+#endif
+    Index ldv;
+    const C* v = rows_of(kv_.v, j0, j1, ws_.v_rows, j0 - kt_, ldv);
+    RowProducts<C>::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, v, ldv, j1 - j0, dv);
   }
 
-  QueryTile<T> tile_;
-  const GroupKeys<T>& kv_;
-  RowsWorkspace<T>& ws_;
-  ScoreTransform<T> transform_;
+  QueryTile<T, S> tile_;
+  const GroupKeys<S>& kv_;
+  RowsWorkspace<C>& ws_;
+  ScoreTransform<T, S> transform_;
   // The key tile begun (begin()).
-  typename QueryTile<T>::Part part_{false, 0, 0};
+  typename QueryTile<T, S>::Part part_{false, 0, 0};
   Index kt_ = 0, tk_ = 0;
   bool skip_zero_weights_ = false;
 };

@@ -28,13 +28,14 @@ namespace attend::detail {
 /// they stay in L1 between the score and the accumulate passes.
 inline constexpr Index kDecodeStepKeys = 16;
 
-template <class T>
-void decode(const Problem<T>& pb, const std::vector<GroupKeys<T>>& keys, const Plan& plan, const Tiles& tiles,
-            RowsRef<T> out, Matrix<T>* lse) {
+template <class T, class S>
+void decode(const Problem<T, S>& pb, const std::vector<GroupKeys<S>>& keys, const Plan& plan, const Tiles& tiles,
+            RowsRef<T> out, Matrix<accumulator_t<T>>* lse) {
+  using C = accumulator_t<T>;
   const Index lq = pb.positions, lk = pb.keys, groups = pb.groups, chunks = plan.chunks, rows = lq * pb.stack;
   const bool packed_products = rows > tiles.few_rows();
-  std::vector<Matrix<T>> part_out(static_cast<std::size_t>(groups * chunks), Matrix<T>(rows, pb.dv));
-  std::vector<Vector<T>> part_lse(static_cast<std::size_t>(groups * chunks), Vector<T>(rows));
+  std::vector<Matrix<C>> part_out(static_cast<std::size_t>(groups * chunks), Matrix<C>(rows, pb.dv));
+  std::vector<Vector<C>> part_lse(static_cast<std::size_t>(groups * chunks), Vector<C>(rows));
 
   // One chunk through every group: the tiles of one mainloop, then their results into the chunk's parts.
   const auto run_chunk = [&](Index c, auto& ws, auto make_tile) {
@@ -45,8 +46,8 @@ void decode(const Problem<T>& pb, const std::vector<GroupKeys<T>>& keys, const P
     const Index k_end = std::min({seen.end, lk, (c + 1) * plan.chunk_keys});
     for (Index kt = std::max(seen.begin, c * plan.chunk_keys); kt < k_end; kt += plan.key_tile) {
       const Index tk = std::min(plan.key_tile, k_end - kt);
-      if constexpr (std::is_same_v<decltype(make_tile(Index(0))), RowsTile<T>>)
-        RowsTile<T>::absorb_all(runs.data(), groups, kt, tk, kDecodeStepKeys);
+      if constexpr (std::is_same_v<decltype(make_tile(Index(0))), RowsTile<T, S>>)
+        RowsTile<T, S>::absorb_all(runs.data(), groups, kt, tk, kDecodeStepKeys);
       else
         for (auto& run : runs) run.absorb(kt, tk);
     }
@@ -63,29 +64,30 @@ void decode(const Problem<T>& pb, const std::vector<GroupKeys<T>>& keys, const P
   {
     keep_tile_products_serial();
     if (packed_products) {
-      std::vector<PackedWorkspace<T>> ws(groups, PackedWorkspace<T>(rows, plan.key_tile, pb.d, pb.dv));
+      std::vector<PackedWorkspace<C>> ws(groups, PackedWorkspace<C>(rows, plan.key_tile, pb.d, pb.dv));
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
       for (Index c = 0; c < chunks; ++c)
-        run_chunk(c, ws, [&](Index g) { return PackedTile<T>(pb, keys[g], nullptr, g, 0, lq, ws[g]); });
+        run_chunk(c, ws, [&](Index g) { return PackedTile<T, S>(pb, keys[g], nullptr, g, 0, lq, ws[g]); });
     } else {
-      std::vector<RowsWorkspace<T>> ws(groups, RowsWorkspace<T>(rows, plan.key_tile, pb.d, pb.dv));
+      std::vector<RowsWorkspace<C>> ws(groups,
+                                       RowsWorkspace<C>(rows, plan.key_tile, pb.d, pb.dv, !std::is_same_v<C, S>));
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
       for (Index c = 0; c < chunks; ++c)
-        run_chunk(c, ws, [&](Index g) { return RowsTile<T>(pb, keys[g], g, 0, lq, ws[g]); });
+        run_chunk(c, ws, [&](Index g) { return RowsTile<T, S>(pb, keys[g], g, 0, lq, ws[g]); });
     }
   }
 
   // The chunks of each group merged in chunk order, straight into the output.
-  std::vector<PartRows<T>> parts(static_cast<std::size_t>(chunks));
-  Vector<T> scratch(pb.dv);
+  std::vector<PartRows<C>> parts(static_cast<std::size_t>(chunks));
+  Vector<C> scratch(pb.dv);
   for (Index g = 0; g < groups; ++g) {
     for (Index c = 0; c < chunks; ++c)
       parts[c] = {part_out[g * chunks + c].data(), pb.dv, part_lse[g * chunks + c].data(), 1};
-    merge_rows<T>(parts.data(), parts.size(), rows, pb.dv, scratch.data(), [&](Index r, const auto& row, T row_lse) {
+    merge_rows<C>(parts.data(), parts.size(), rows, pb.dv, scratch.data(), [&](Index r, const auto& row, C row_lse) {
       store_row(pb, r / pb.stack, g * pb.stack + r % pb.stack, row, row_lse, out, lse);
     });
   }

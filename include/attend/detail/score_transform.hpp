@@ -21,10 +21,12 @@
 
 namespace attend::detail {
 
-template <class T>
+template <class T, class S = T>
 class ScoreTransform {
+  using C = accumulator_t<T>;
+
  public:
-  explicit ScoreTransform(const Problem<T>& pb)
+  explicit ScoreTransform(const Problem<T, S>& pb)
       : softcap_(pb.softcap),
         bias_(pb.bias),
         alibi_(pb.alibi.empty() ? nullptr : pb.alibi.data()),
@@ -38,26 +40,26 @@ class ScoreTransform {
   /// s = softcap * tanh(s / softcap) on every entry of the array expression `s` (a block, a map of panels).
   template <class Block>
   void cap(Block&& s) const {
-    if (softcap_ > 0) s = (s * (T(1) / softcap_)).tanh() * softcap_;
+    if (softcap_ > 0) s = (s * (C(1) / softcap_)).tanh() * softcap_;
   }
 
   /// The additive terms of query `position`, query head `head`, keys [kt, kt + tk): s_j += bias(position, kt + j),
   /// then s_j -= slope_head * |position + D - (kt + j)|, where s_j is s[j * key_stride] (1 in a row-major block,
   /// the panel height in a column-major panel).
-  void add_terms(T* s, Index key_stride, Index position, Index head, Index kt, Index tk) const {
+  void add_terms(C* s, Index key_stride, Index position, Index head, Index kt, Index tk) const {
     if (bias_) {
       const T* b = bias_->row(position).data() + kt;
       if (key_stride == 1) {
-        Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(s, tk) +=
-            Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(b, tk);
+        Eigen::Map<Eigen::Array<C, Eigen::Dynamic, 1>>(s, tk) +=
+            Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(b, tk).template cast<C>();
       } else {
-        for (Index j = 0; j < tk; ++j) s[j * key_stride] += b[j];
+        for (Index j = 0; j < tk; ++j) s[j * key_stride] += static_cast<C>(b[j]);
       }
     }
-    if (alibi_ && alibi_[head] != T(0)) {
-      const T slope = alibi_[head];
+    if (alibi_ && alibi_[head] != C(0)) {
+      const C slope = alibi_[head];
       const Index diagonal_key = position + alibi_diagonal_ - kt;  // the key at distance 0, relative to kt
-      for (Index j = 0; j < tk; ++j) s[j * key_stride] -= slope * T(std::abs(diagonal_key - j));  // -m_h |i + D - j|
+      for (Index j = 0; j < tk; ++j) s[j * key_stride] -= slope * C(std::abs(diagonal_key - j));  // -m_h |i + D - j|
     }
   }
 
@@ -72,9 +74,9 @@ class ScoreTransform {
   }
 
  private:
-  T softcap_;
+  C softcap_;
   const ConstRowsRef<T>* bias_;
-  const T* alibi_;
+  const C* alibi_;
   Index alibi_diagonal_;
 };
 

@@ -8,13 +8,14 @@
 
 #include <type_traits>
 
+#include "attend/detail/checks.hpp"
 #include "attend/shapes.hpp"
 
 namespace attend::detail {
 
 template <class T>
 MPI_Datatype mpi_type() {
-  static_assert(is_supported_scalar<T>, "attend: the scalar type must be float or double");
+  static_check_scalars<T>();
   if constexpr (std::is_same_v<T, float>)
     return MPI_FLOAT;
   else

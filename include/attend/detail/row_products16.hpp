@@ -1,0 +1,149 @@
+#pragma once
+/// \file
+/// The rows mainloop's two products over keys and values stored in 16 bits (bfloat16 or half), with float
+/// queries, weights and accumulators: the decode loop of a 16-bit KV cache. Decoding reads every key and value
+/// once per step and is bound by memory, so the point is to read 2 bytes a value instead of 4: each 16-bit row is
+/// widened to float in registers (bfloat16: a 16-bit shift; half: vcvtph2ps) and multiplied in float, so neither
+/// the float queries nor the weights are rounded. Same blocking as detail::RowProducts: one row against 16 keys,
+/// or 4 rows against 4 keys, for the scores; 4 rows x 4 vectors of columns for the weighted sums.
+///
+/// The code is AVX-512 (F, BW, VL) in functions with their own target attributes, used when the CPU has it and the
+/// 16-bit path is not `generic` (cpu.hpp); otherwise available() is false and the rows mainloop converts key tiles
+/// to float for detail::RowProducts.
+
+#include <Eigen/Core>
+#include <type_traits>
+
+#include "attend/detail/cpu.hpp"
+#include "attend/shapes.hpp"
+
+#if defined(ATTEND_X86_DISPATCH)
+#define ATTEND_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#endif
+
+// GCC 12's AVX-512 intrinsics start some vectors from the self-initialized `__m512 __Y = __Y`
+// (_mm512_undefined_ps), which it reports as used uninitialized once inlined here: a false positive that -Werror
+// would make fatal for anyone compiling this header.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace attend::detail {
+
+template <class S>
+struct RowProducts16 {
+  static_assert(is_16bit<S>, "RowProducts16 reads 16-bit storage");
+
+  /// Whether this machine and the current 16-bit path run these loops.
+  static bool available() {
+#if defined(ATTEND_X86_DISPATCH)
+    return cpu().avx512 && bf16_path_now() != Bf16Path::generic;
+#else
+    return false;
+#endif
+  }
+
+#if defined(ATTEND_X86_DISPATCH)
+  /// s[r, j] = q[r, :] . k[j, :] for r < rows, j < keys, over `depth` values; k stored as S.
+  ATTEND_TARGET_AVX512 static void scores(float* s, Index lds, const float* q, Index ldq, Index rows, const S* k,
+                                          Index ldk, Index keys, Index depth) {
+    if (rows == 0 || keys == 0) return;  // empty operands may have null data
+    Index r = 0;
+    if (rows > kBlockRows)
+      for (; r + kBlockRows <= rows; r += kBlockRows)
+        scores_rows<kBlockRows, 4>(s + r * lds, lds, q + r * ldq, ldq, k, ldk, keys, depth);
+    for (; r < rows; ++r) scores_rows<1, 16>(s + r * lds, lds, q + r * ldq, ldq, k, ldk, keys, depth);
+  }
+
+  /// acc[r, :] += sum over j < keys of p[r, j] * v[j, :] for r < rows, over `cols` values; v stored as S.
+  ATTEND_TARGET_AVX512 static void accumulate(float* acc, Index lda, const float* p, Index ldp, Index rows, const S* v,
+                                              Index ldv, Index keys, Index cols) {
+    if (rows == 0 || keys == 0 || cols == 0) return;
+    Index r = 0;
+    for (; r + kBlockRows <= rows; r += kBlockRows)
+      accumulate_rows<kBlockRows>(acc + r * lda, lda, p + r * ldp, ldp, v, ldv, keys, cols);
+    for (; r < rows; ++r) accumulate_rows<1>(acc + r * lda, lda, p + r * ldp, ldp, v, ldv, keys, cols);
+  }
+
+ private:
+  static constexpr int kBlockRows = 4;
+
+  /// 16 values at p widened to float; only the lanes of `m` are read (the others are 0).
+  ATTEND_TARGET_AVX512 static __m512 load(const S* p, __mmask16 m) {
+    const __m256i bits = _mm256_maskz_loadu_epi16(m, p);
+    if constexpr (std::is_same_v<S, Eigen::bfloat16>)
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));  // bf16 -> f32: << 16
+    else
+      return _mm512_cvtph_ps(bits);
+  }
+  ATTEND_TARGET_AVX512 static __mmask16 lanes(Index n) {
+    return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+  }
+
+  // R rows against C keys: R x C vector accumulators across the depth, then one horizontal sum each.
+  template <int R, int C>
+  ATTEND_TARGET_AVX512 static void scores_block(float* s, Index lds, const float* q, Index ldq, const S* k, Index ldk,
+                                                Index depth) {
+    __m512 acc[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (Index x = 0; x < depth; x += 16) {
+      const __mmask16 m = lanes(depth - x);
+      __m512 kp[C];
+      for (int c = 0; c < C; ++c) kp[c] = load(k + c * ldk + x, m);
+      for (int r = 0; r < R; ++r) {
+        const __m512 qp = _mm512_maskz_loadu_ps(m, q + r * ldq + x);
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(qp, kp[c], acc[r][c]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) s[r * lds + c] = _mm512_reduce_add_ps(acc[r][c]);
+  }
+
+  template <int R, int C>
+  ATTEND_TARGET_AVX512 static void scores_rows(float* s, Index lds, const float* q, Index ldq, const S* k, Index ldk,
+                                               Index keys, Index depth) {
+    Index j = 0;
+    for (; j + C <= keys; j += C) scores_block<R, C>(s + j, lds, q, ldq, k + j * ldk, ldk, depth);
+    for (; j < keys; ++j) scores_block<R, 1>(s + j, lds, q, ldq, k + j * ldk, ldk, depth);
+  }
+
+  // R rows x C vectors of columns: the accumulators stay in registers across all keys, and each key's value
+  // vectors are loaded (and widened) once for the R rows.
+  template <int R, int C>
+  ATTEND_TARGET_AVX512 static void accumulate_block(float* acc, Index lda, const float* p, Index ldp, const S* v,
+                                                    Index ldv, Index keys, Index cols) {
+    __mmask16 m[C];
+    for (int c = 0; c < C; ++c) m[c] = lanes(cols - 16 * c);
+    __m512 a[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) a[r][c] = _mm512_maskz_loadu_ps(m[c], acc + r * lda + 16 * c);
+    for (Index j = 0; j < keys; ++j) {
+      __m512 vp[C];
+      for (int c = 0; c < C; ++c) vp[c] = load(v + j * ldv + 16 * c, m[c]);
+      for (int r = 0; r < R; ++r) {
+        const __m512 w = _mm512_set1_ps(p[r * ldp + j]);
+        for (int c = 0; c < C; ++c) a[r][c] = _mm512_fmadd_ps(w, vp[c], a[r][c]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) _mm512_mask_storeu_ps(acc + r * lda + 16 * c, m[c], a[r][c]);
+  }
+
+  template <int R>
+  ATTEND_TARGET_AVX512 static void accumulate_rows(float* acc, Index lda, const float* p, Index ldp, const S* v,
+                                                   Index ldv, Index keys, Index cols) {
+    Index x = 0;
+    for (; x + 64 <= cols; x += 64) accumulate_block<R, 4>(acc + x, lda, p, ldp, v + x, ldv, keys, 64);
+    for (; x < cols; x += 16) accumulate_block<R, 1>(acc + x, lda, p, ldp, v + x, ldv, keys, cols - x);
+  }
+#endif
+};
+
+}  // namespace attend::detail
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
