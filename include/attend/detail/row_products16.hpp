@@ -4,8 +4,8 @@
 /// queries, weights and accumulators: the decode loop of a 16-bit KV cache. Decoding reads every key and value
 /// once per step and is bound by memory, so the point is to read 2 bytes a value instead of 4: each 16-bit row is
 /// widened to float in registers (bfloat16: a 16-bit shift; half: vcvtph2ps) and multiplied in float, so neither
-/// the float queries nor the weights are rounded. Same blocking as detail::RowProducts: one row against 16 keys,
-/// or 4 rows against 4 keys, for the scores; 4 rows x 4 vectors of columns for the weighted sums.
+/// the float queries nor the weights are rounded. Register blocks of up to 4 rows x 4 keys for the scores and 4
+/// rows x 4 vectors of columns for the weighted sums, so each widened vector serves every row of the block.
 ///
 /// The code is AVX-512 (F, BW, VL) in functions with their own target attributes, used when the CPU has it and the
 /// 16-bit path is not `generic` (cpu.hpp); otherwise available() is false and the rows mainloop converts key tiles
@@ -50,11 +50,39 @@ struct RowProducts16 {
   ATTEND_TARGET_AVX512 static void scores(float* s, Index lds, const float* q, Index ldq, Index rows, const S* k,
                                           Index ldk, Index keys, Index depth) {
     if (rows == 0 || keys == 0) return;  // empty operands may have null data
+    // Every widened key vector serves all the rows of a block (up to 4): widening, not loading, is the cost.
     Index r = 0;
-    if (rows > kBlockRows)
-      for (; r + kBlockRows <= rows; r += kBlockRows)
-        scores_rows<kBlockRows, 4>(s + r * lds, lds, q + r * ldq, ldq, k, ldk, keys, depth);
-    for (; r < rows; ++r) scores_rows<1, 16>(s + r * lds, lds, q + r * ldq, ldq, k, ldk, keys, depth);
+    for (; r + kBlockRows <= rows; r += kBlockRows)
+      scores_rows<kBlockRows, 4>(s + r * lds, lds, q + r * ldq, ldq, k, ldk, keys, depth);
+    switch (rows - r) {
+      case 3:
+        scores_rows<3, 4>(s + r * lds, lds, q + r * ldq, ldq, k, ldk, keys, depth);
+        break;
+      case 2:
+        scores_rows<2, 4>(s + r * lds, lds, q + r * ldq, ldq, k, ldk, keys, depth);
+        break;
+      case 1:
+        scores_rows<1, 8>(s + r * lds, lds, q + r * ldq, ldq, k, ldk, keys, depth);
+        break;
+      default:
+        break;
+    }
+  }
+
+  /// Asks for rows [0, rows) of `cols` values at p (stride ld) to be brought into the cache: the next key rows
+  /// while the current ones are multiplied, so that more of them are in flight than the register blocks read.
+  ATTEND_TARGET_AVX512 static void prefetch(const S* p, Index ld, Index rows, Index cols) {
+    for (Index r = 0; r < rows; ++r)
+      for (Index x = 0; x < cols; x += 32) _mm_prefetch(reinterpret_cast<const char*>(p + r * ld + x), _MM_HINT_T0);
+  }
+
+  /// dst[r, :] = src[r, :] widened to float, for r < rows, over `cols` values (row strides lds, ldd).
+  ATTEND_TARGET_AVX512 static void widen(float* dst, Index ldd, const S* src, Index lds, Index rows, Index cols) {
+    for (Index r = 0; r < rows; ++r)
+      for (Index x = 0; x < cols; x += 16) {
+        const __mmask16 m = lanes(cols - x);
+        _mm512_mask_storeu_ps(dst + r * ldd + x, m, load(src + r * lds + x, m));
+      }
   }
 
   /// acc[r, :] += sum over j < keys of p[r, j] * v[j, :] for r < rows, over `cols` values; v stored as S.
@@ -82,7 +110,20 @@ struct RowProducts16 {
     return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
   }
 
-  // R rows against C keys: R x C vector accumulators across the depth, then one horizontal sum each.
+  // The four lane sums of a, b, c, d, together: halves added across the vectors first, so the whole reduction is
+  // a few shuffles and adds instead of one horizontal sum each.
+  ATTEND_TARGET_AVX512 static __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));     // a a b b
+    const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xee));     // c c d d
+    const __m512 x = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xdd));  // a b c d
+    // Each 128-bit lane now holds 4 partial sums of one vector: transpose the 4 lanes as a 4 x 4 matrix, add rows.
+    const __m128 a4 = _mm512_castps512_ps128(x), b4 = _mm512_extractf32x4_ps(x, 1);
+    const __m128 c4 = _mm512_extractf32x4_ps(x, 2), d4 = _mm512_extractf32x4_ps(x, 3);
+    const __m128 t0 = _mm_hadd_ps(a4, b4), t1 = _mm_hadd_ps(c4, d4);
+    return _mm_hadd_ps(t0, t1);
+  }
+
+  // R rows against C keys: R x C vector accumulators across the depth, then their horizontal sums.
   template <int R, int C>
   ATTEND_TARGET_AVX512 static void scores_block(float* s, Index lds, const float* q, Index ldq, const S* k, Index ldk,
                                                 Index depth) {
@@ -98,8 +139,12 @@ struct RowProducts16 {
         for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(qp, kp[c], acc[r][c]);
       }
     }
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) s[r * lds + c] = _mm512_reduce_add_ps(acc[r][c]);
+    for (int r = 0; r < R; ++r) {
+      if constexpr (C == 4)
+        _mm_storeu_ps(s + r * lds, sum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
+      else
+        for (int c = 0; c < C; ++c) s[r * lds + c] = _mm512_reduce_add_ps(acc[r][c]);
+    }
   }
 
   template <int R, int C>

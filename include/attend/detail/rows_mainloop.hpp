@@ -123,6 +123,8 @@ class RowsTile {
     if constexpr (is_16bit<S>)
       if (RowProducts16<S>::available()) {
         const auto k = kv_.k.middleRows(j0, j1 - j0);
+        const Index ahead = std::min(j1 - j0, kt_ + tk_ - j1);  // the tile's next key rows
+        if (ahead > 0) RowProducts16<S>::prefetch(kv_.k.row(j1).data(), kv_.k.outerStride(), ahead, kv_.k.cols());
         RowProducts16<S>::scores(s, ws_.scores.outerStride(), q.data(), q.outerStride(), rows, k.data(),
                                  k.outerStride(), j1 - j0, tile_.problem().d);
         return;
@@ -178,6 +180,8 @@ class RowsTile {
     if constexpr (is_16bit<S>)
       if (RowProducts16<S>::available()) {
         const auto v = kv_.v.middleRows(j0, j1 - j0);
+        const Index ahead = std::min(j1 - j0, kt_ + tk_ - j1);
+        if (ahead > 0) RowProducts16<S>::prefetch(kv_.v.row(j1).data(), kv_.v.outerStride(), ahead, kv_.v.cols());
         RowProducts16<S>::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, v.data(), v.outerStride(), j1 - j0,
                                      dv);
         return;
