@@ -18,4 +18,12 @@ bool all_finite(const Eigen::MatrixBase<Derived>& m) {
   return true;
 }
 
+/// Whether values [j0, j1) of a kv group's stored keys and values (detail::GroupKeys) are all finite.
+template <class Keys>
+bool values_finite(const Keys& kv, Index j0, Index j1) {
+  bool finite = true;
+  kv.for_each_run(j0, j1, [&](Index a, Index b) { finite = finite && all_finite(kv.values(a, b)); });
+  return finite;
+}
+
 }  // namespace attend::detail

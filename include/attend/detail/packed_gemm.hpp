@@ -88,16 +88,23 @@ struct PackedGemm {
   /// for values that are a column slice of wider rows (one page per row) misses L1 on every read; a few rows at
   /// a time stay in L1.
   static void pack_rhs_rows(T* dst, const T* src, Index stride, Index depth, Index cols) {
+    pack_rhs_rows(dst, depth, 0, src, stride, depth, cols);
+  }
+
+  /// Rows [row0, row0 + rows) of a right operand of `depth` x cols packed as pack_rhs_rows() packs it whole, from a
+  /// row-major [rows, cols] matrix: an operand whose rows are stored in several runs (pages) is packed run by run
+  /// into the same layout.
+  static void pack_rhs_rows(T* dst, Index depth, Index row0, const T* src, Index stride, Index rows, Index cols) {
     static_assert(nr == 4, "PackedGemm::pack_rhs_rows writes Eigen's layout for panels of 4 columns");
     constexpr Index kRows = 8;  // rows read per pass: they stay in L1 even when they alias (4 KiB apart)
     const Index panel_cols = cols / nr * nr;
-    for (Index k0 = 0; k0 < depth; k0 += kRows) {
-      const Index k1 = std::min(depth, k0 + kRows);
+    for (Index k0 = 0; k0 < rows; k0 += kRows) {
+      const Index k1 = std::min(rows, k0 + kRows);
       for (Index j = 0; j < panel_cols; j += nr)
         for (Index k = k0; k < k1; ++k)
-          for (Index c = 0; c < nr; ++c) dst[j * depth + k * nr + c] = src[k * stride + j + c];
+          for (Index c = 0; c < nr; ++c) dst[j * depth + (row0 + k) * nr + c] = src[k * stride + j + c];
       for (Index j = panel_cols; j < cols; ++j)
-        for (Index k = k0; k < k1; ++k) dst[j * depth + k] = src[k * stride + j];
+        for (Index k = k0; k < k1; ++k) dst[j * depth + row0 + k] = src[k * stride + j];
     }
   }
 

@@ -31,15 +31,41 @@
 namespace attend::detail {
 
 /// Packs keys [kt, kt + tk) of `kv` (stored as S) as right operands of C: K^T [d x tk] at k, V [tk x dv] at v.
-/// Keys stored in 16 bits are converted to C first (into `scratch`), then packed as float keys are.
+/// Keys stored in 16 bits are converted to C first (into `scratch`, grown as needed), then packed as float keys
+/// are. Stored rows are packed run by run in place: a panel of keys (PackedGemm::nr of them) packed alone is the
+/// same panel, so runs are packed in whole panels, and the few keys of a panel that straddles two runs (runs of
+/// rows that are not a multiple of nr) are copied into `scratch` first.
 template <class C, class S>
 void pack_key_rows(C* k, C* v, const GroupKeys<S>& kv, Index kt, Index tk, Matrix<C>& scratch) {
   if (tk == 0) return;
+  using Gemm = PackedGemm<C>;
+  const Index d = kv.key_cols(), dv = kv.value_cols(), end = kt + tk;
+  const auto room = [&](Index rows) {
+    if (scratch.rows() < rows || scratch.cols() < std::max(d, dv)) scratch.resize(std::max(rows, tk), std::max(d, dv));
+  };
   Index ld;
-  const C* rows = rows_of(kv.k, kt, kt + tk, scratch, 0, ld);
-  PackedGemm<C>::pack_rhs_transposed(k, rows, ld, tk, kv.k.cols());
-  rows = rows_of(kv.v, kt, kt + tk, scratch, 0, ld);
-  PackedGemm<C>::pack_rhs_rows(v, rows, ld, tk, kv.v.cols());
+  for (Index a = kt; a < end;) {
+    Index b = std::min(end, kv.run_end(a));
+    if (b < end && b - a < Gemm::nr) {
+      // A panel across runs: its keys gathered row by row.
+      b = std::min(end, a + Gemm::nr);
+      room(b - a);
+      for (Index j = a; j < b; ++j) scratch.row(j - a).head(d) = kv.keys(j, j + 1).template cast<C>();
+      Gemm::pack_rhs_transposed(k + (a - kt) * d, scratch.data(), scratch.outerStride(), b - a, d);
+    } else {
+      if (b < end) b = a + (b - a) / Gemm::nr * Gemm::nr;  // whole panels; the run's last keys go with the next
+      if constexpr (!std::is_same_v<C, S>) room(b - a);
+      const C* rows = rows_of(kv.keys(a, b), 0, b - a, scratch, 0, ld);
+      Gemm::pack_rhs_transposed(k + (a - kt) * d, rows, ld, b - a, d);
+    }
+    a = b;
+  }
+  // Values: rows land at their offset in every panel, so runs go in as they are.
+  kv.for_each_run(kt, end, [&](Index a, Index b) {
+    if constexpr (!std::is_same_v<C, S>) room(b - a);
+    const C* rows = rows_of(kv.values(a, b), 0, b - a, scratch, 0, ld);
+    Gemm::pack_rhs_rows(v, tk, a - kt, rows, ld, b - a, dv);
+  });
 }
 
 /// One kv group's keys and values packed as right operands: keys as K^T [d x Lk], values as V [Lk x dv]. Reused
@@ -48,15 +74,14 @@ template <class C>
 struct PackedKeys {
   Vector<C> k, v;
   Index keys = 0;
-  Index group = -1;   ///< the kv group held, -1 for none
-  Matrix<C> scratch;  ///< keys converted from 16-bit storage before packing (else unused)
+  Index group = -1;   ///< the kv group held (an id its schedule gives), -1 for none
+  Matrix<C> scratch;  ///< keys converted from 16-bit storage, or gathered across runs, before packing
 
   template <class S>
   void pack(const GroupKeys<S>& kv, Index g) {
-    keys = kv.k.rows();
-    k.resize(keys * kv.k.cols());
-    v.resize(keys * kv.v.cols());
-    if constexpr (!std::is_same_v<C, S>) scratch.resize(keys, std::max(kv.k.cols(), kv.v.cols()));
+    keys = kv.rows();
+    k.resize(keys * kv.key_cols());
+    v.resize(keys * kv.value_cols());
     pack_key_rows(k.data(), v.data(), kv, 0, keys, scratch);
     group = g;
   }
@@ -77,7 +102,7 @@ struct PackedWorkspace {
   Vector<C> panels;          ///< [rows x panel_keys] S, then P, in the packed left layout
   ColMajor acc_cols;         ///< [rows+, dv]: the unnormalized output, column-major as the packed product writes it
   Vector<C> k_tile, v_tile;  ///< one key tile packed, when groups are not packed whole (lazily)
-  Matrix<C> convert;         ///< one key tile converted from 16-bit storage before packing (lazily)
+  Matrix<C> convert;         ///< key rows converted from 16-bit storage or gathered across runs (lazily)
   std::vector<Index> visible_lo, visible_hi;  ///< per tile row: the keys of a cut tile it sees
   Index panel_keys;                           ///< the most keys a tile holds: `keys` rounded up to whole panels
 
@@ -186,8 +211,6 @@ class PackedTile {
     } else {
       if (ws_.k_tile.size() < tk * d) ws_.k_tile.resize(ws_.panel_keys * d);  // sized for the largest tile
       if (ws_.v_tile.size() < tk * dv) ws_.v_tile.resize(ws_.panel_keys * dv);
-      if constexpr (!std::is_same_v<C, S>)
-        if (ws_.convert.rows() < tk) ws_.convert.resize(ws_.panel_keys, std::max(d, dv));
       pack_key_rows(ws_.k_tile.data(), ws_.v_tile.data(), kv_, kt, tk, ws_.convert);
       k = ws_.k_tile.data();
       v = ws_.v_tile.data();
@@ -228,13 +251,12 @@ class PackedTile {
     });
 
     // O += P V. Zero weights times non-finite values would poison the row: see finite.hpp.
-    const auto v_rows = kv_.v.middleRows(kt, tk);
-    if ((cut_by_mask || transform_.has_bias()) && !all_finite(v_rows)) {
+    if ((cut_by_mask || transform_.has_bias()) && !values_finite(kv_, kt, kt + tk)) {
       Gemm::for_each_panel(rows, [&](Index i, Index h) {
         for (Index r = 0; r < h; ++r)
           for (Index j = 0; j < tk; ++j) {
             const C w = s[i * tk + j * h + r];
-            if (w != C(0)) ws_.acc_cols.row(r0 + i + r) += w * v_rows.row(j).template cast<C>();
+            if (w != C(0)) ws_.acc_cols.row(r0 + i + r) += w * kv_.values(kt + j, kt + j + 1).template cast<C>();
           }
       });
     } else {

@@ -94,11 +94,11 @@ class QueryTile {
 };
 
 /// Writes one finished row (compute type), query position p of query head h, into out [Lq, H*dv] (rounded to T
-/// when T is 16-bit: the output is stored) and, when not null, lse [Lq, H], applying the head's sink first when the
-/// problem has sinks.
-template <class T, class S, class Row>
+/// when T is 16-bit: the output is stored) and, when not null, lse [Lq, H] (a matrix or a view of rows of one),
+/// applying the head's sink first when the problem has sinks.
+template <class T, class S, class Row, class Lse>
 void store_row(const Problem<T, S>& pb, Index p, Index h, const Row& row, accumulator_t<T> row_lse, RowsRef<T>& out,
-               Matrix<accumulator_t<T>>* lse) {
+               Lse* lse) {
   auto dst = out.block(p, h * pb.dv, 1, pb.dv);
   if (pb.sinks.empty()) {
     dst = row.template cast<T>();
@@ -112,9 +112,9 @@ void store_row(const Problem<T, S>& pb, Index p, Index h, const Row& row, accumu
 
 /// Writes the results of group g's tile of positions [p0, p1): tile row r (row r of `rows_out`, entry r of
 /// `rows_lse`) is position p0 + r / stack, query head g * stack + r % stack.
-template <class T, class S, class RowsOut, class RowsLse>
+template <class T, class S, class RowsOut, class RowsLse, class Lse>
 void store_tile_rows(const Problem<T, S>& pb, Index g, Index p0, Index p1, const RowsOut& rows_out,
-                     const RowsLse& rows_lse, RowsRef<T>& out, Matrix<accumulator_t<T>>* lse) {
+                     const RowsLse& rows_lse, RowsRef<T>& out, Lse* lse) {
   for (Index p = p0; p < p1; ++p)
     for (Index h = 0; h < pb.stack; ++h) {
       const Index r = (p - p0) * pb.stack + h;

@@ -113,27 +113,30 @@ class RowsTile {
     tk_ = tk;
   }
 
-  /// S = Q K^T for keys [j0, j1) of the tile begun.
+  /// S = Q K^T for keys [j0, j1) of the tile begun, one run of stored rows at a time.
   void scores(Index j0, Index j1) {
     const Index r0 = part_.r0, rows = part_.r1 - part_.r0;
     if (rows == 0) return;
     const auto q = ws_.q.middleRows(r0, rows);
-    C* s = &ws_.scores(0, j0 - kt_);
+    kv_.for_each_run(j0, j1, [&](Index a, Index b) {
+      C* s = &ws_.scores(0, a - kt_);
 #if defined(ATTEND_X86_DISPATCH)
-    if constexpr (is_16bit<S>)
-      if (RowProducts16<S>::available()) {
-        const auto k = kv_.k.middleRows(j0, j1 - j0);
-        const Index ahead = std::min(j1 - j0, kt_ + tk_ - j1);  // the tile's next key rows
-        if (ahead > 0) RowProducts16<S>::prefetch(kv_.k.row(j1).data(), kv_.k.outerStride(), ahead, kv_.k.cols());
-        RowProducts16<S>::scores(s, ws_.scores.outerStride(), q.data(), q.outerStride(), rows, k.data(),
-                                 k.outerStride(), j1 - j0, tile_.problem().d);
-        return;
-      }
+      if constexpr (is_16bit<S>)
+        if (RowProducts16<S>::available()) {
+          const auto k = kv_.keys(a, b);
+          // The tile's next key rows, as far as they lie in the run that follows.
+          const Index ahead = b < kt_ + tk_ ? std::min({b - a, kt_ + tk_ - b, kv_.run_end(b) - b}) : 0;
+          if (ahead > 0) RowProducts16<S>::prefetch(kv_.key_row(b), kv_.key_stride(), ahead, kv_.key_cols());
+          RowProducts16<S>::scores(s, ws_.scores.outerStride(), q.data(), q.outerStride(), rows, k.data(),
+                                   k.outerStride(), b - a, tile_.problem().d);
+          return;
+        }
 #endif
-    Index ldk;
-    const C* k = rows_of(kv_.k, j0, j1, ws_.k_rows, j0 - kt_, ldk);
-    RowProducts<C>::scores(s, ws_.scores.outerStride(), q.data(), q.outerStride(), rows, k, ldk, j1 - j0,
-                           tile_.problem().d);
+      Index ldk;
+      const C* k = rows_of(kv_.keys(a, b), 0, b - a, ws_.k_rows, a - kt_, ldk);
+      RowProducts<C>::scores(s, ws_.scores.outerStride(), q.data(), q.outerStride(), rows, k, ldk, b - a,
+                             tile_.problem().d);
+    });
   }
 
   /// The score transform and the online-softmax step of the tile begun, row by row: the scores become the
@@ -159,37 +162,39 @@ class RowsTile {
                                [&](C alpha) { acc.row(r) *= alpha; });  // acc' = alpha acc
     }
     // Zero weights times non-finite values would poison the row: see finite.hpp.
-    skip_zero_weights_ = (cut_by_mask || transform_.has_bias()) && !all_finite(kv_.v.middleRows(kt, tk));
+    skip_zero_weights_ = (cut_by_mask || transform_.has_bias()) && !values_finite(kv_, kt, kt + tk);
   }
 
-  /// O += P V for keys [j0, j1) of the tile begun, after softmax().
+  /// O += P V for keys [j0, j1) of the tile begun, after softmax(), one run of stored rows at a time.
   void accumulate(Index j0, Index j1) {
     const Index r0 = part_.r0, rows = part_.r1 - part_.r0;
     if (rows == 0) return;
     auto acc = ws_.acc.middleRows(r0, rows);
-    const C* p = &ws_.scores(0, j0 - kt_);
     const Index ldp = ws_.scores.outerStride(), dv = tile_.problem().dv;
     if (skip_zero_weights_) {
-      const auto v = kv_.v.middleRows(j0, j1 - j0);
+      const C* p = &ws_.scores(0, j0 - kt_);
       for (Index r = 0; r < rows; ++r)
         for (Index j = 0; j < j1 - j0; ++j)
-          if (p[r * ldp + j] != C(0)) acc.row(r) += p[r * ldp + j] * v.row(j).template cast<C>();
+          if (p[r * ldp + j] != C(0)) acc.row(r) += p[r * ldp + j] * kv_.values(j0 + j, j0 + j + 1).template cast<C>();
       return;
     }
+    kv_.for_each_run(j0, j1, [&](Index a, Index b) {
+      const C* p = &ws_.scores(0, a - kt_);
 #if defined(ATTEND_X86_DISPATCH)
-    if constexpr (is_16bit<S>)
-      if (RowProducts16<S>::available()) {
-        const auto v = kv_.v.middleRows(j0, j1 - j0);
-        const Index ahead = std::min(j1 - j0, kt_ + tk_ - j1);
-        if (ahead > 0) RowProducts16<S>::prefetch(kv_.v.row(j1).data(), kv_.v.outerStride(), ahead, kv_.v.cols());
-        RowProducts16<S>::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, v.data(), v.outerStride(), j1 - j0,
-                                     dv);
-        return;
-      }
+      if constexpr (is_16bit<S>)
+        if (RowProducts16<S>::available()) {
+          const auto v = kv_.values(a, b);
+          const Index ahead = b < kt_ + tk_ ? std::min({b - a, kt_ + tk_ - b, kv_.run_end(b) - b}) : 0;
+          if (ahead > 0) RowProducts16<S>::prefetch(kv_.value_row(b), kv_.value_stride(), ahead, kv_.value_cols());
+          RowProducts16<S>::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, v.data(), v.outerStride(), b - a,
+                                       dv);
+          return;
+        }
 #endif
-    Index ldv;
-    const C* v = rows_of(kv_.v, j0, j1, ws_.v_rows, j0 - kt_, ldv);
-    RowProducts<C>::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, v, ldv, j1 - j0, dv);
+      Index ldv;
+      const C* v = rows_of(kv_.values(a, b), 0, b - a, ws_.v_rows, a - kt_, ldv);
+      RowProducts<C>::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, v, ldv, b - a, dv);
+    });
   }
 
   QueryTile<T, S> tile_;

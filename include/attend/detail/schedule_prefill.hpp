@@ -31,30 +31,89 @@
 
 namespace attend::detail {
 
+/// One thread's prefill tiles: the mainloop each tile takes, with the workspaces its tiles share (each made when the
+/// first tile that needs it comes) and the kv group packed last. prefill() and the ragged schedule
+/// (schedule_ragged.hpp) run every prefill tile through it, so a tile gives the same bits whichever runs it.
+template <class T, class S>
+class PrefillTiles {
+ public:
+  using C = accumulator_t<T>;
+
+  /// Tiles of up to `rows` rows, key tiles of up to `keys` keys; `path16` is bf16_path_now() for the whole call.
+  PrefillTiles(Index rows, Index keys, Index d, Index dv, const Tiles& tiles, Bf16Path path16)
+      : rows_(rows), keys_(keys), d_(d), dv_(dv), tiles_(tiles), path16_(path16) {}
+
+  /// Kv group g's positions [p0, p1) of `pb` (its keys `kv`, key tiles of `key_tile`) into out [Lq, H*dv] and lse
+  /// [Lq, H] (when not null). `source` names the kv group among all the groups of the call (a schedule's id):
+  /// consecutive tiles of one source pack its keys once.
+  template <class Lse>
+  void run(const Problem<T, S>& pb, const GroupKeys<S>& kv, Index source, Index g, Index p0, Index p1, Index key_tile,
+           RowsRef<T>& out, Lse* lse) {
+    const Index rows = (p1 - p0) * pb.stack;
+    if (rows > tiles_.few_rows() && path16_ != Bf16Path::generic) {
+#if defined(ATTEND_X86_DISPATCH)
+      if constexpr (is_16bit<T> && std::is_same_v<T, S>) {
+        // 16-bit queries, keys and values: the tile products on AMX or AVX512-BF16 (tile16_mainloop.hpp).
+        if (!tile16_ws_) tile16_ws_.emplace(rows_, keys_, d_, dv_);
+        if (vnni_.group != source) vnni_.pack(kv, source);
+        if (path16_ == Bf16Path::amx) {
+          Tile16<T, S, AmxProducts> tile(pb, kv, vnni_, g, p0, p1, *tile16_ws_);
+          attend_tile(tile, 32, key_tile, tiles_.cut_keys());
+        } else {
+          Tile16<T, S, WidenProducts> tile(pb, kv, vnni_, g, p0, p1, *tile16_ws_);
+          attend_tile(tile, 32, key_tile, tiles_.cut_keys());
+        }
+        store_tile_rows(pb, g, p0, p1, tile16_ws_->rows, tile16_ws_->lse, out, lse);
+      }
+#endif
+    } else if (rows > tiles_.few_rows()) {
+      if (!packed_ws_) packed_ws_.emplace(rows_, keys_, d_, dv_);
+      if (tiles_.pack_groups() && packed_.group != source) packed_.pack(kv, source);
+      PackedTile<T, S> tile(pb, kv, tiles_.pack_groups() ? &packed_ : nullptr, g, p0, p1, *packed_ws_);
+      attend_tile(tile, PackedGemm<C>::nr, key_tile, tiles_.cut_keys());
+      store_tile_rows(pb, g, p0, p1, packed_ws_->acc, packed_ws_->sum, out, lse);
+    } else {
+      if (!rows_ws_) rows_ws_.emplace(std::min(rows_, tiles_.few_rows()), keys_, d_, dv_, !std::is_same_v<C, S>);
+      RowsTile<T, S> tile(pb, kv, g, p0, p1, *rows_ws_);
+      attend_tile(tile, 1, key_tile, tiles_.cut_keys());
+      store_tile_rows(pb, g, p0, p1, rows_ws_->acc, rows_ws_->sum, out, lse);
+    }
+  }
+
+ private:
+  Index rows_, keys_, d_, dv_;
+  const Tiles& tiles_;
+  Bf16Path path16_;
+  std::optional<PackedWorkspace<C>> packed_ws_;
+  std::optional<RowsWorkspace<C>> rows_ws_;
+  PackedKeys<C> packed_;
+#if defined(ATTEND_X86_DISPATCH)
+  std::optional<Tile16Workspace> tile16_ws_;
+  VnniKeys vnni_;
+#endif
+};
+
+/// The 16-bit path the tile products of a call of queries T over keys S take: 16-bit queries, keys and values alike
+/// (mixed storage keeps float queries, which they would round) on a CPU path beyond the generic one.
+template <class T, class S>
+Bf16Path prefill_path16() {
+  return is_16bit<T> && std::is_same_v<T, S> ? bf16_path_now() : Bf16Path::generic;
+}
+
 template <class T, class S>
 void prefill(const Problem<T, S>& pb, const std::vector<GroupKeys<S>>& keys, const Plan& plan, const Tiles& tiles,
              RowsRef<T> out, Matrix<accumulator_t<T>>* lse) {
-  using C = accumulator_t<T>;
   const Index lq = pb.positions, stack = pb.stack, groups = pb.groups;
   const Index n_tiles = (lq + plan.tile_positions - 1) / plan.tile_positions, tasks = n_tiles * groups;
   const bool later_is_heavier = pb.mask.hides_future();
   const Index ws_rows = std::min(plan.tile_positions * stack, lq * stack);
-  // The 16-bit tile products need 16-bit queries, keys and values alike (mixed storage keeps float queries, which
-  // they would round) and a CPU path beyond the generic one.
-  const Bf16Path path16 = is_16bit<T> && std::is_same_v<T, S> ? bf16_path_now() : Bf16Path::generic;
+  const Bf16Path path16 = prefill_path16<T, S>();
 #if defined(_OPENMP)
 #pragma omp parallel if (worth_threads(tasks, plan.work))
 #endif
   {
     keep_tile_products_serial();
-    // Each mainloop's workspace, made when the first tile that needs it comes.
-    std::optional<PackedWorkspace<C>> packed_ws;
-    std::optional<RowsWorkspace<C>> rows_ws;
-    PackedKeys<C> packed;
-#if defined(ATTEND_X86_DISPATCH)
-    std::optional<Tile16Workspace> tile16_ws;
-    VnniKeys vnni;
-#endif
+    PrefillTiles<T, S> run(ws_rows, plan.key_tile, pb.d, pb.dv, tiles, path16);
     const Index unit = groups >= 4 * team_size() ? n_tiles : 1;  // tasks scheduled together: a group, or a tile
 #if defined(_OPENMP)
 #pragma omp for schedule(dynamic, 1)
@@ -63,35 +122,7 @@ void prefill(const Problem<T, S>& pb, const std::vector<GroupKeys<S>>& keys, con
       for (Index t = u * unit; t < (u + 1) * unit; ++t) {
         const Index g = t / n_tiles, tile = later_is_heavier ? n_tiles - 1 - t % n_tiles : t % n_tiles;
         const Index p0 = tile * plan.tile_positions, p1 = std::min(lq, p0 + plan.tile_positions);
-        if ((p1 - p0) * stack > tiles.few_rows() && path16 != Bf16Path::generic) {
-#if defined(ATTEND_X86_DISPATCH)
-          if constexpr (is_16bit<T> && std::is_same_v<T, S>) {
-            // 16-bit queries, keys and values: the tile products on AMX or AVX512-BF16 (tile16_mainloop.hpp).
-            if (!tile16_ws) tile16_ws.emplace(ws_rows, plan.key_tile, pb.d, pb.dv);
-            if (vnni.group != g) vnni.pack(keys[g], g);
-            if (path16 == Bf16Path::amx) {
-              Tile16<T, S, AmxProducts> run(pb, keys[g], vnni, g, p0, p1, *tile16_ws);
-              attend_tile(run, 32, plan.key_tile, tiles.cut_keys());
-            } else {
-              Tile16<T, S, WidenProducts> run(pb, keys[g], vnni, g, p0, p1, *tile16_ws);
-              attend_tile(run, 32, plan.key_tile, tiles.cut_keys());
-            }
-            store_tile_rows(pb, g, p0, p1, tile16_ws->rows, tile16_ws->lse, out, lse);
-          }
-#endif
-        } else if ((p1 - p0) * stack > tiles.few_rows()) {
-          if (!packed_ws) packed_ws.emplace(ws_rows, plan.key_tile, pb.d, pb.dv);
-          if (tiles.pack_groups() && packed.group != g) packed.pack(keys[g], g);
-          PackedTile<T, S> run(pb, keys[g], tiles.pack_groups() ? &packed : nullptr, g, p0, p1, *packed_ws);
-          attend_tile(run, PackedGemm<C>::nr, plan.key_tile, tiles.cut_keys());
-          store_tile_rows(pb, g, p0, p1, packed_ws->acc, packed_ws->sum, out, lse);
-        } else {
-          if (!rows_ws)
-            rows_ws.emplace(std::min(ws_rows, tiles.few_rows()), plan.key_tile, pb.d, pb.dv, !std::is_same_v<C, S>);
-          RowsTile<T, S> run(pb, keys[g], g, p0, p1, *rows_ws);
-          attend_tile(run, 1, plan.key_tile, tiles.cut_keys());
-          store_tile_rows(pb, g, p0, p1, rows_ws->acc, rows_ws->sum, out, lse);
-        }
+        run.run(pb, keys[g], g, g, p0, p1, plan.key_tile, out, lse);
       }
   }
 }

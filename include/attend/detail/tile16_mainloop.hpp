@@ -281,7 +281,7 @@ class Tile16 {
         }
         if (pj == 0.f) continue;
         Eigen::Map<Eigen::Matrix<float, 1, Eigen::Dynamic>>(ws_.o.data() + r * ws_.dv_pad, dv) +=
-            pj * kv_.v.row(kt + j).template cast<float>();
+            pj * kv_.values(kt + j, kt + j + 1).template cast<float>();
       }
   }
 

@@ -68,7 +68,7 @@ struct VnniKeys {
   LineVector<std::uint16_t> k, v;
   std::vector<unsigned char> finite_v;  ///< per 32-key block of values: 1 when every value of it is finite
   Index keys = 0, keys_pad = 0, d = 0, d_pad = 0, dv = 0, dv_pad = 0;
-  Index group = -1;  ///< the kv group held, -1 for none
+  Index group = -1;  ///< the kv group held (an id its schedule gives), -1 for none
 
   /// Tile of keys [16 n, 16 n + 16), dims [32 b, 32 b + 32).
   const std::uint16_t* key_tile(Index n, Index b) const { return k.data() + (n * (d_pad / 32) + b) * kTile; }
@@ -77,9 +77,9 @@ struct VnniKeys {
 
   template <class S>
   void pack(const GroupKeys<S>& kv, Index g) {
-    keys = kv.k.rows();
-    d = kv.k.cols();
-    dv = kv.v.cols();
+    keys = kv.rows();
+    d = kv.key_cols();
+    dv = kv.value_cols();
     keys_pad = round_up(keys, 32);
     d_pad = round_up(d, 32);
     dv_pad = round_up(dv, 16);
@@ -97,16 +97,16 @@ struct VnniKeys {
     };
     for (Index j = 0; j < keys; ++j) {
       // Key j is column j % 16 of key block j / 16: its dim pair p of dim block b is the 32-bit word (p, j % 16).
-      bits_of(kv.k.data() + j * kv.k.outerStride(), d, key_row.data());
+      bits_of(kv.key_row(j), d, key_row.data());
       std::uint16_t* block = k.data() + j / 16 * (d_pad / 32) * kTile + j % 16 * 2;
       for (Index b = 0; b < d_pad / 32; ++b)
         for (Index p = 0; p < 16; ++p) std::memcpy(block + b * kTile + p * 32, &key_row[b * 32 + 2 * p], 4);
     }
     for (Index j = 0; j < keys; j += 2) {
       // Keys j, j + 1 are pair row (j % 32) / 2 of key block j / 32: column c of it holds (V[j][c], V[j + 1][c]).
-      bits_of(kv.v.data() + j * kv.v.outerStride(), dv, pair.data());
+      bits_of(kv.value_row(j), dv, pair.data());
       if (j + 1 < keys)
-        bits_of(kv.v.data() + (j + 1) * kv.v.outerStride(), dv, pair.data() + dv_pad);
+        bits_of(kv.value_row(j + 1), dv, pair.data() + dv_pad);
       else
         std::fill_n(pair.data() + dv_pad, dv_pad, std::uint16_t(0));
       std::uint16_t* row = v.data() + j / 32 * (dv_pad / 16) * kTile + (j % 32) / 2 * 32;
