@@ -16,6 +16,7 @@
 ///   MultiHeadAttention (MHA/GQA/MQA layer)               layers.hpp
 ///   MultiHeadLatentAttention (DeepSeek MLA)              latent.hpp
 ///   KVCache, LatentCache                                 caches.hpp
+///   ragged batches of sequences: Ragged, multi_head_attention(q, k, v, Ragged, ...)   ragged.hpp
 ///   MHA -> GQA (to_grouped), MHA -> MLA (to_latent)      convert.hpp
 ///   rotary position embedding                            rope.hpp
 ///   the double-precision oracle                          reference.hpp
@@ -34,6 +35,7 @@
 #include "attend/multi_head.hpp"
 #include "attend/options.hpp"
 #include "attend/precision.hpp"
+#include "attend/ragged.hpp"
 #include "attend/reference.hpp"
 #include "attend/result.hpp"
 #include "attend/rope.hpp"

@@ -4,11 +4,13 @@
 /// dispatcher; the kernel's map, one file per seam:
 ///
 ///   problem.hpp          Problem: a call's inputs as row views, its options in the kernel's scalar type,
-///                        GroupKeys: each kv group's keys and values (the key storage the mainloops read)
+///                        GroupKeys: each kv group's keys and values in runs of rows read in place (the key
+///                        storage the mainloops read: contiguous matrices are one run, a paged cache a run per page)
 ///   plan.hpp             Plan: tile sizes, split-key chunks and the choice of schedule, from the shapes alone
 ///   tiles.hpp            Tiles: the tuning, with named setters for tests and benchmarks
 ///   schedule_prefill.hpp prefill: tasks (kv group, query tile) over threads, each written to its own rows
 ///   schedule_decode.hpp  decode: one query tile per group, keys split into chunks, chunks merged
+///   schedule_ragged.hpp  ragged batches: each sequence planned alone, the tasks of all sequences in one team
 ///   key_tiles.hpp        the key tiles one query tile visits (mask-aware, narrower where the mask cuts)
 ///   query_tile.hpp       a query tile's geometry: stacked heads, key ranges, rows seeing a key tile, store
 ///   rows_mainloop.hpp    mainloop for tiles of a few rows: register-blocked products on unpacked keys

@@ -18,7 +18,9 @@ namespace attend::detail {
 /// q [Lq, H*d], k [Lk, G*d], v [Lk, G*dv] and an optional bias [Lq, Lk] shared by all heads. q, the bias and the
 /// output are of T; k and v of S: the same type, or 16-bit keys and values under float queries (a 16-bit cache).
 /// Everything is computed in C = accumulator_t<T>: float for 16-bit inputs. The views are the caller's: a Problem
-/// lives no longer than the call that built it.
+/// lives no longer than the call that built it. The mainloops read keys and values only through GroupKeys: k and v
+/// are the contiguous storage group_keys() slices, and a problem whose keys live elsewhere (a paged cache) has empty
+/// k and v of the right widths and comes with GroupKeys of its own.
 template <class T, class S = T>
 struct Problem {
   using Input = T;             ///< q, bias, output

@@ -1,0 +1,141 @@
+#pragma once
+/// \file
+/// Batches of independent sequences of different lengths (ragged batches), as an inference engine holds them
+/// under continuous batching: their rows stacked in one q, one k and one v, each sequence attending only to its
+/// own keys, all of them in one call of the kernel (detail/schedule_ragged.hpp).
+
+#include <deque>
+#include <vector>
+
+#include "attend/detail/checks.hpp"
+#include "attend/detail/problem.hpp"
+#include "attend/detail/schedule_ragged.hpp"
+#include "attend/detail/tiles.hpp"
+#include "attend/errors.hpp"
+#include "attend/options.hpp"
+#include "attend/result.hpp"
+#include "attend/shapes.hpp"
+
+namespace attend {
+
+/// Where each sequence of a ragged batch lies: sequence b's queries (and output rows) are rows
+/// [q_offsets[b], q_offsets[b+1]) of q, its keys and values rows [kv_offsets[b], kv_offsets[b+1]) of k and v.
+/// Both hold B+1 non-decreasing offsets from 0 to the rows of q (Tq) and of k (Tk); {0} is an empty batch.
+struct Ragged {
+  std::vector<Index> q_offsets;   ///< B+1 row offsets into q and the output: 0 ... Tq
+  std::vector<Index> kv_offsets;  ///< B+1 row offsets into k and v: 0 ... Tk
+};
+
+namespace detail {
+
+/// Throws shape_error naming `fn` unless `offsets` (ragged.<name>) starts at 0, never decreases and ends at `rows`,
+/// the rows of `matrix`.
+inline void check_offsets(const char* fn, const char* name, const std::vector<Index>& offsets, Index rows,
+                          const char* matrix) {
+  if (offsets.empty()) fail(fn, "ragged.", name, " is empty, expected 0 ... ", matrix, "'s rows (", rows, ")");
+  if (offsets.front() != 0) fail(fn, "ragged.", name, "[0] is ", offsets.front(), ", expected 0");
+  for (std::size_t b = 1; b < offsets.size(); ++b)
+    if (offsets[b] < offsets[b - 1])
+      fail(fn, "ragged.", name, "[", b, "] is ", offsets[b], ", below ragged.", name, "[", b - 1,
+           "] = ", offsets[b - 1], " (offsets must not decrease)");
+  if (offsets.back() != rows)
+    fail(fn, "ragged.", name, " ends at ", offsets.back(), ", expected ", matrix, "'s rows (", rows, ")");
+}
+
+/// Throws shape_error naming `fn` unless `ragged` describes a batch of q's Tq and k's Tk rows.
+inline void check_ragged(const char* fn, const Ragged& ragged, Index tq, Index tk) {
+  if (ragged.q_offsets.size() != ragged.kv_offsets.size())
+    fail(fn, "ragged.q_offsets has ", ragged.q_offsets.size(), " entries and ragged.kv_offsets ",
+         ragged.kv_offsets.size(), ", expected the same number (one more than the sequences)");
+  check_offsets(fn, "q_offsets", ragged.q_offsets, tq, "q");
+  check_offsets(fn, "kv_offsets", ragged.kv_offsets, tk, "k");
+}
+
+/// Ragged attention of validated arguments into `out` [Tq, H*dv] and, when not null, `lse` [Tq, H]: a Problem per
+/// sequence whose views are its rows of q, k and v, all of them through the ragged schedule.
+template <class T, class S>
+void ragged_attention(const ConstRowsRef<T>& q, const ConstRowsRef<S>& k, const ConstRowsRef<S>& v, const Ragged& batch,
+                      Heads heads, const Options& options, RowsRef<typename type_identity<T>::type> out,
+                      Matrix<accumulator_t<T>>* lse, const Tiles& tiles = Tiles()) {
+  const std::size_t count = batch.q_offsets.size() - 1;
+  // The problems refer to their views: a deque keeps every view where it is as more are added.
+  std::deque<ConstRowsRef<T>> qs;
+  std::deque<ConstRowsRef<S>> ks, vs;
+  std::vector<RaggedSequence<T, S>> seqs;
+  seqs.reserve(count);
+  for (std::size_t b = 0; b < count; ++b) {
+    const Index q0 = batch.q_offsets[b], lq = batch.q_offsets[b + 1] - q0;
+    const Index k0 = batch.kv_offsets[b], lk = batch.kv_offsets[b + 1] - k0;
+    if (lq == 0) continue;
+    // Rows of an empty matrix would offset its null data pointer (undefined behaviour): the matrix itself then.
+    qs.emplace_back(q.middleRows(q0, lq));
+    if (lk == 0 && k.rows() == 0) {
+      ks.emplace_back(k);
+      vs.emplace_back(v);
+    } else {
+      ks.emplace_back(k.middleRows(k0, lk));
+      vs.emplace_back(v.middleRows(k0, lk));
+    }
+    Problem<T, S> pb = make_problem(qs.back(), ks.back(), vs.back(), nullptr, heads, options);
+    std::vector<GroupKeys<S>> keys = group_keys(pb);
+    seqs.push_back(RaggedSequence<T, S>{std::move(pb), std::move(keys), q0});
+  }
+  ragged(seqs, tiles, out, lse);
+}
+
+}  // namespace detail
+
+/// Multi-head (MHA, GQA, MQA) attention over a ragged batch: every sequence attends to its own keys only, as
+/// multi_head_attention(q_b, k_b, v_b, heads, options) would on its rows alone, and all of them run in one
+/// schedule. The mask, ALiBi and sinks apply inside each sequence with that sequence's Lq and Lk (causal() is
+/// bottom-right per sequence); rows of a sequence without keys are zero.
+///
+/// **Shapes:** (Tq,H*d) x (Tk,G*d) x (Tk,G*dv), B+1 offsets into each => (Tq,H*dv)
+///
+/// Each sequence's result is bitwise the one of multi_head_attention on its rows (the same tiles, chunks and
+/// mainloops), for any number of threads. q of float may go with k and v of Eigen::bfloat16 or Eigen::half, and
+/// every scalar multi_head_attention takes is taken.
+/// \throws attend::shape_error before any work for what multi_head_attention() refuses, and for offsets that are not
+///         B+1 non-decreasing values from 0 to q's rows (q_offsets) and k's rows (kv_offsets), of one size.
+template <class DQ, class DK, class DV>
+Matrix<typename DQ::Scalar> multi_head_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                                                 const Eigen::MatrixBase<DV>& v, const Ragged& ragged, Heads heads,
+                                                 const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  detail::static_check_kernel_scalars<DQ, DK, DV>();
+  using S = typename DK::Scalar;
+  constexpr const char* fn = "multi_head_attention";
+  detail::check_multi_head(fn, q, k, v, heads, options);
+  detail::check_ragged(fn, ragged, q.rows(), k.rows());
+  const detail::ConstRowsRef<T> qe(q.derived());
+  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
+  Matrix<T> out(qe.rows(), ve.cols() / heads.kv * heads.query);
+  detail::ragged_attention(qe, ke, ve, ragged, heads, options, out, nullptr);
+  return out;
+}
+
+/// multi_head_attention() over a ragged batch that also returns each row's log-sum-exp per query head (-inf where
+/// the row sees no key; with sinks, as multi_head_attention_with_lse() gives it).
+///
+/// **Shapes:** (Tq,H*d) x (Tk,G*d) x (Tk,G*dv), B+1 offsets into each => out (Tq,H*dv), lse (Tq,H)
+/// \throws attend::shape_error as the ragged multi_head_attention().
+template <class DQ, class DK, class DV>
+AttentionResult<typename DQ::Scalar> multi_head_attention_with_lse(const Eigen::MatrixBase<DQ>& q,
+                                                                   const Eigen::MatrixBase<DK>& k,
+                                                                   const Eigen::MatrixBase<DV>& v, const Ragged& ragged,
+                                                                   Heads heads, const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  detail::static_check_kernel_scalars<DQ, DK, DV>();
+  using S = typename DK::Scalar;
+  constexpr const char* fn = "multi_head_attention_with_lse";
+  detail::check_multi_head(fn, q, k, v, heads, options);
+  detail::check_ragged(fn, ragged, q.rows(), k.rows());
+  const detail::ConstRowsRef<T> qe(q.derived());
+  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
+  AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols() / heads.kv * heads.query),
+                       Matrix<accumulator_t<T>>(qe.rows(), heads.query)};
+  detail::ragged_attention(qe, ke, ve, ragged, heads, options, r.out, &r.lse);
+  return r;
+}
+
+}  // namespace attend
