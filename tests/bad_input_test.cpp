@@ -73,9 +73,14 @@ struct World {
   Mla mla_q{MlaConfig{16, 2, 8, 6, 4, 2, 4}};  // with query compression
   attend::KVCache<float> cache;                // 3 tokens of mha
   attend::LatentCache<float> lcache;           // 3 tokens of mla
-  attend::Linear<float> lin;                   // [4,8] with a bias
-  attend::RMSNorm<float> norm;                 // weight of 8
-  M xl;                                        // [2,8]
+  // Serving: paged caches of pages of 2 tokens; sequence 0 holds 3 tokens of mha (of mla), 1 was released, 2 is
+  // empty. A ragged batch of qh/kh/vh: sequences of (1, 2) and (3, 3) rows.
+  attend::PagedKVCache<float> pcache{2};
+  attend::PagedLatentCache<float> plcache{2};
+  attend::Ragged ragged{{0, 1, 4}, {0, 2, 5}};
+  attend::Linear<float> lin;    // [4,8] with a bias
+  attend::RMSNorm<float> norm;  // weight of 8
+  M xl;                         // [2,8]
 };
 
 World make_world() {
@@ -103,6 +108,10 @@ World make_world() {
   w.mla_q.q_a_layernorm.weight = Vec::Ones(8);
   w.mha.forward(w.x, w.cache);
   w.mla.forward(w.x, w.lcache);
+  for (int i = 0; i < 3; ++i) w.pcache.add_sequence(), w.plcache.add_sequence();
+  w.pcache.release(1), w.plcache.release(1);
+  w.mha.forward(w.x, w.pcache, {0, 2}, {0, 3, 3});
+  w.mla.forward(w.x, w.plcache, {0, 2}, {0, 3, 3});
   w.lin.weight = rnd(4, 8), w.lin.bias = Vec::Ones(4);
   w.norm.weight = Vec::Ones(8);
   w.xl = rnd(2, 8);
@@ -148,6 +157,23 @@ bool same(const attend::LatentCache<float>& a, const attend::LatentCache<float>&
          same(M(a.latent()), M(b.latent())) && same(M(a.rope_keys()), M(b.rope_keys()));
 }
 
+bool same(const attend::PagedKVCache<float>& a, const attend::PagedKVCache<float>& b) {
+  if (a.sequences() != b.sequences() || a.pages_in_use() != b.pages_in_use() || a.free_pages() != b.free_pages() ||
+      a.key_width() != b.key_width() || a.value_width() != b.value_width())
+    return false;
+  for (const int s : a.sequences())
+    if (!same(a.keys(s), b.keys(s)) || !same(a.values(s), b.values(s))) return false;
+  return true;
+}
+bool same(const attend::PagedLatentCache<float>& a, const attend::PagedLatentCache<float>& b) {
+  if (a.sequences() != b.sequences() || a.pages_in_use() != b.pages_in_use() || a.free_pages() != b.free_pages() ||
+      a.latent_width() != b.latent_width() || a.rope_width() != b.rope_width())
+    return false;
+  for (const int s : a.sequences())
+    if (!same(a.entries(s), b.entries(s))) return false;
+  return true;
+}
+
 std::string first_difference(const World& a, const World& b) {
   const auto differs = [](const auto& x, const auto& y) { return !same(x, y); };
   // clang-format off
@@ -191,6 +217,9 @@ std::string first_difference(const World& a, const World& b) {
   if (differs(a.mla_q, b.mla_q)) return "mla_q";
   if (differs(a.cache, b.cache)) return "cache";
   if (differs(a.lcache, b.lcache)) return "lcache";
+  if (differs(a.pcache, b.pcache)) return "pcache";
+  if (differs(a.plcache, b.plcache)) return "plcache";
+  if (a.ragged.q_offsets != b.ragged.q_offsets || a.ragged.kv_offsets != b.ragged.kv_offsets) return "ragged";
   if (differs(a.lin, b.lin)) return "lin";
   if (differs(a.norm, b.norm)) return "norm";
   if (differs(a.xl, b.xl)) return "xl";
@@ -653,6 +682,10 @@ void add_mha(Catalogue& c) {
       {"MhaSelf", [](World& w, const Mha& m, const Options& o) { m.forward(w.x, o); }},
       {"MhaCross", [](World& w, const Mha& m, const Options& o) { m.forward(w.x, w.ctx, o); }},
       {"MhaCached", [](World& w, const Mha& m, const Options& o) { m.forward(w.x, w.cache, o); }},
+      {"MhaPaged",
+       [](World& w, const Mha& m, const Options& o) {
+         m.forward(w.x, w.pcache, {0}, {0, 3}, o);
+       }},
   };
   struct Wrong {
     std::string name;
@@ -760,6 +793,10 @@ void add_mla(Catalogue& c) {
   const std::vector<Forward> forwards = {
       {"MlaSelf", [](World& w, const Mla& m, const Options& o) { m.forward(w.x, o); }},
       {"MlaCached", [](World& w, const Mla& m, const Options& o) { m.forward(w.x, w.lcache, o); }},
+      {"MlaPaged",
+       [](World& w, const Mla& m, const Options& o) {
+         m.forward(w.x, w.plcache, {2, 0}, {0, 1, 3}, o);
+       }},
   };
   struct Wrong {
     std::string name;
@@ -900,6 +937,160 @@ void add_conversions(Catalogue& c) {
       [](World& w) { attend::kv_singular_values(w.mha); }, {s, "head_dim 0", "are invalid"});
 }
 
+// Ragged batches, paged caches and the layers' continuous-batching forwards.
+void add_serving(Catalogue& c) {
+  using attend::Ragged;
+  for (const std::string fn : {"multi_head_attention", "multi_head_attention_with_lse"}) {
+    const std::string p = prefix(fn), name = fn == "multi_head_attention" ? "RaggedMha" : "RaggedMhaLse";
+    const bool lse = fn != "multi_head_attention";
+    const auto call = [lse](World& w, const M& k, const Ragged& r, const Options& o) {
+      if (lse)
+        attend::multi_head_attention_with_lse(w.qh, k, w.vh, r, Heads{4, 2}, o);
+      else
+        attend::multi_head_attention(w.qh, k, w.vh, r, Heads{4, 2}, o);
+    };
+    const auto offsets = [call](Ragged r) { return [call, r](World& w) { call(w, w.kh, r, Options{}); }; };
+    c.add(name + "_OffsetsOfTwoSizes", offsets({{0, 4}, {0, 2, 5}}),
+          {p, "ragged.q_offsets has 2 entries and ragged.kv_offsets 3, expected the same number"});
+    c.add(name + "_NoOffsets", offsets({{}, {}}), {p, "ragged.q_offsets is empty, expected 0 ... q's rows (4)"});
+    c.add(name + "_QOffsetsFromOne", offsets({{1, 4}, {0, 5}}), {p, "ragged.q_offsets[0] is 1, expected 0"});
+    c.add(name + "_QOffsetsDecrease", offsets({{0, 3, 2, 4}, {0, 1, 2, 5}}),
+          {p, "ragged.q_offsets[2] is 2, below ragged.q_offsets[1] = 3 (offsets must not decrease)"});
+    c.add(name + "_QOffsetsShort", offsets({{0, 3}, {0, 5}}), {p, "ragged.q_offsets ends at 3, expected q's rows (4)"});
+    c.add(name + "_QOffsetsLong", offsets({{0, 2, 6}, {0, 1, 5}}), {p, "ragged.q_offsets ends at 6"});
+    c.add(name + "_KvOffsetsFromMinusOne", offsets({{0, 4}, {-1, 5}}), {p, "ragged.kv_offsets[0] is -1, expected 0"});
+    c.add(name + "_KvOffsetsDecrease", offsets({{0, 1, 2, 4}, {0, 5, 3, 5}}),
+          {p, "ragged.kv_offsets[2] is 3, below ragged.kv_offsets[1] = 5"});
+    c.add(name + "_KvOffsetsLong", offsets({{0, 4}, {0, 6}}),
+          {p, "ragged.kv_offsets ends at 6, expected k's rows (5)"});
+    c.add(name + "_KeyWidth", [call](World& w) { call(w, w.kh_wide, w.ragged, Options{}); },
+          {p, "k has 12 columns, expected kv heads (2) * head dim (4) = 8", "q [4, 16]", "k [5, 12]"});
+    c.add(name + "_ValueRows",
+          [lse](World& w) {
+            if (lse)
+              attend::multi_head_attention_with_lse(w.qh, w.kh, w.vh_long, w.ragged, Heads{4, 2});
+            else
+              attend::multi_head_attention(w.qh, w.kh, w.vh_long, w.ragged, Heads{4, 2});
+          },
+          {p, "v has 6 rows, expected k's 5"});
+    for (const BadOption& bo : bad_options(4)) {
+      const Options opt = bo.options;
+      c.add(name + "_" + bo.name, [call, opt](World& w) { call(w, w.kh, w.ragged, opt); }, {p, bo.fragment});
+    }
+  }
+
+  const std::string ctor = prefix("PagedKVCache"), lctor = prefix("PagedLatentCache");
+  c.add("PagedKvCacheCtor_PageTokens0", [](World&) { attend::PagedKVCache<float> p(0); },
+        {ctor, "page_tokens is 0, expected at least 1"});
+  c.add("PagedKvCacheCtor_PageTokensNegative", [](World&) { attend::PagedKVCache<float> p(-16); },
+        {ctor, "page_tokens is -16"});
+  c.add("PagedLatentCacheCtor_PageTokens0", [](World&) { attend::PagedLatentCache<float> p(0); },
+        {lctor, "page_tokens is 0, expected at least 1"});
+  const std::string held = "which the cache does not hold (never added, or released; it holds 2 sequences)";
+  for (const auto& [what, seq] :
+       std::vector<std::pair<std::string, int>>{{"Released", 1}, {"Unknown", 3}, {"Negative", -1}}) {
+    const int s = seq;
+    const std::string is = "seq is " + std::to_string(s) + ", ";
+    c.add("PagedKvCacheRelease_" + what, [s](World& w) { w.pcache.release(s); },
+          {prefix("PagedKVCache::release"), is + held});
+    c.add("PagedKvCacheLength_" + what, [s](World& w) { w.pcache.length(s); }, {prefix("PagedKVCache::length"), is});
+    c.add("PagedKvCacheKeys_" + what, [s](World& w) { w.pcache.keys(s); }, {prefix("PagedKVCache::keys"), is});
+    c.add("PagedKvCacheValues_" + what, [s](World& w) { w.pcache.values(s); }, {prefix("PagedKVCache::values"), is});
+    c.add("PagedLatentCacheRelease_" + what, [s](World& w) { w.plcache.release(s); },
+          {prefix("PagedLatentCache::release"), is + held});
+    c.add("PagedLatentCacheLength_" + what, [s](World& w) { w.plcache.length(s); },
+          {prefix("PagedLatentCache::length"), is});
+    c.add("PagedLatentCacheEntries_" + what, [s](World& w) { w.plcache.entries(s); },
+          {prefix("PagedLatentCache::entries"), is});
+  }
+  const std::string ap = prefix("PagedKVCache::append");
+  c.add("PagedKvCacheAppend_OtherWidths", [](World& w) { w.pcache.append(2, M::Ones(1, 4), M::Ones(1, 4)); },
+        {ap, "cache holds keys of 8 and values of 8 features per token, expected 4 and 4"});
+  c.add("PagedKvCacheAppend_RowsDiffer", [](World& w) { w.pcache.append(2, M::Ones(2, 8), M::Ones(1, 8)); },
+        {ap, "k has 2 rows and v 1, expected one row per token in both (k [2, 8], v [1, 8])"});
+  c.add("PagedKvCacheAppend_Released", [](World& w) { w.pcache.append(1, M::Ones(1, 8), M::Ones(1, 8)); },
+        {ap, "seqs[0] is 1, " + held});
+  c.add("PagedKvCacheAppend_IdTwice",
+        [](World& w) {
+          w.pcache.append({2, 2}, {0, 1, 2}, M::Ones(2, 8), M::Ones(2, 8));
+        },
+        {ap, "seqs[1] is 2, which seqs[0] already names"});
+  const std::string lap = prefix("PagedLatentCache::append");
+  c.add("PagedLatentCacheAppend_OtherWidths",
+        [](World& w) {
+          w.plcache.append({2}, {0, 1}, M::Ones(1, 8), 4);
+        },
+        {lap, "cache holds latents of 6 and rope keys of 2 features per token, expected kv_lora_rank 4"});
+  c.add("PagedLatentCacheAppend_LatentBeyondRows",
+        [](World& w) {
+          w.plcache.append({2}, {0, 1}, M::Ones(1, 8), 9);
+        },
+        {lap, "latent_width is 9, expected 0 to the rows' 8 columns"});
+
+  // The forwards: the batch is checked before any sequence changes.
+  struct Batch {
+    std::string name;
+    std::vector<int> seqs;
+    std::vector<Index> offsets;
+    std::string fragment;
+  };
+  const std::vector<Batch> batches = {
+      {"UnknownId", {7}, {0, 3}, "seqs[0] is 7, " + held},
+      {"ReleasedId", {0, 1}, {0, 1, 3}, "seqs[1] is 1, " + held},
+      {"NegativeId", {-1}, {0, 3}, "seqs[0] is -1"},
+      {"IdTwice", {0, 2, 0}, {0, 1, 2, 3}, "seqs[2] is 0, which seqs[0] already names (each sequence at most once a"},
+      {"OffsetsForOtherCount", {0, 2}, {0, 3}, "x_offsets has 2 entries, expected seqs.size() + 1 = 3"},
+      {"NoOffsets", {}, {}, "x_offsets has 0 entries, expected seqs.size() + 1 = 1"},
+      {"OffsetsFromOne", {0}, {1, 3}, "x_offsets[0] is 1, expected 0"},
+      {"OffsetsDecrease", {0, 2}, {0, 3, 2}, "x_offsets[2] is 2, below x_offsets[1] = 3 (offsets must not decrease)"},
+      {"OffsetsShort", {0}, {0, 2}, "x_offsets ends at 2, expected x's rows (3) (x [3, 16])"},
+      {"OffsetsLong", {0, 2}, {0, 3, 4}, "x_offsets ends at 4, expected x's rows (3)"},
+      {"NoSequencesForRows", {}, {0}, "x_offsets ends at 0, expected x's rows (3)"},
+  };
+  const std::string f = prefix("MultiHeadAttention::forward"), lf = prefix("MultiHeadLatentAttention::forward");
+  for (const Batch& b : batches) {
+    const auto seqs = b.seqs;
+    const auto offsets = b.offsets;
+    c.add("MhaPaged_" + b.name, [seqs, offsets](World& w) { w.mha.forward(w.x, w.pcache, seqs, offsets); },
+          {f, b.fragment});
+    c.add("MlaPaged_" + b.name, [seqs, offsets](World& w) { w.mla.forward(w.x, w.plcache, seqs, offsets); },
+          {lf, b.fragment});
+  }
+  c.add("MhaPaged_InputWidth",
+        [](World& w) {
+          w.mha.forward(w.x_narrow, w.pcache, {0}, {0, 3});
+        },
+        {f, "x is [3, 15], expected 16 columns (d_model)"});
+  c.add("MhaPaged_CacheOfMoreKvHeads",
+        [](World& w) {
+          Mha(16, 4, 4, 4).forward(w.x, w.pcache, {2}, {0, 3});
+        },
+        {f, "cache holds keys of 8 and values of 8 features per token, expected 16 and 16",
+         "filled by a layer of other sizes"});
+  c.add("MhaPaged_CacheOfLargerHeadDim",
+        [](World& w) {
+          Mha(16, 4, 2, 6).forward(w.x, w.pcache, {0}, {0, 3});
+        },
+        {f, "expected 12 and 12"});
+  c.add("MlaPaged_InputWidth",
+        [](World& w) {
+          w.mla.forward(w.x_narrow, w.plcache, {0}, {0, 3});
+        },
+        {lf, "x is [3, 15], expected 16 columns (d_model)"});
+  c.add("MlaPaged_CacheOfLargerLatent",
+        [](World& w) {
+          Mla(MlaConfig{16, 2, 0, 8, 4, 2, 4}).forward(w.x, w.plcache, {2}, {0, 3});
+        },
+        {lf, "cache holds latents of 6 and rope keys of 2 features per token, expected kv_lora_rank 8",
+         "filled by a layer of other sizes"});
+  c.add(
+      "MlaPaged_KeyBiasWithSoftcap", [](World& w) { w.mla.kv_b_proj.bias = Vec::Ones(16); },
+      [](World& w) {
+        w.mla.forward(w.x, w.plcache, {0}, {0, 3}, softcap(30));
+      },
+      {lf, "kv_b_proj.bias has nonzero key entries and options.softcap is 30"});
+}
+
 std::vector<Case> catalogue() {
   Catalogue c;
   add_single_head(c);
@@ -910,6 +1101,7 @@ std::vector<Case> catalogue() {
   add_mha(c);
   add_mla(c);
   add_conversions(c);
+  add_serving(c);
   return c.cases;
 }
 
@@ -967,6 +1159,14 @@ TEST(BadInputWorld, GoodArgumentsAreAccepted) {
   EXPECT_NO_THROW(w.lcache.reserve(100, 6, 2));
   EXPECT_EQ(w.cache.size(), 6);  // forward(x, cache) above appended 3 tokens
   EXPECT_EQ(w.lcache.size(), 6);
+  EXPECT_NO_THROW(attend::multi_head_attention_with_lse(w.qh, w.kh, w.vh, w.ragged, Heads{4, 2}, o));
+  EXPECT_NO_THROW(w.mha.forward(w.x, w.pcache, {2, 0}, {0, 1, 3}, o));
+  EXPECT_NO_THROW(w.mla.forward(w.x, w.plcache, {0, 2}, {0, 2, 3}, o));
+  EXPECT_NO_THROW(w.pcache.append(0, M::Ones(1, 8), M::Ones(1, 8)));
+  EXPECT_NO_THROW(w.plcache.append({0}, {0, 1}, M::Ones(1, 8), 6));
+  EXPECT_EQ(w.pcache.length(0), 6);  // 3 tokens, 2 from forward, 1 appended
+  EXPECT_EQ(w.plcache.length(2), 1);
+  EXPECT_EQ(w.pcache.sequences(), (std::vector<int>{0, 2}));
 }
 
 // A World compared with itself after a change is told apart: the comparison is not vacuous.
@@ -976,6 +1176,12 @@ TEST(BadInputWorld, ComparisonSeesEveryKindOfChange) {
   EXPECT_EQ(first_difference(a, b), "");
   b.mha.forward(b.x, b.cache);
   EXPECT_EQ(first_difference(a, b), "cache");
+  b = a;
+  b.mha.forward(b.x.topRows(1), b.pcache, {2}, {0, 1});
+  EXPECT_EQ(first_difference(a, b), "pcache");
+  b = a;
+  b.plcache.add_sequence();
+  EXPECT_EQ(first_difference(a, b), "plcache");
   b = a;
   b.mla.kv_b_proj.weight(0, 0) += 1;
   EXPECT_EQ(first_difference(a, b), "mla");

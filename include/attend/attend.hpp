@@ -17,6 +17,7 @@
 ///   MultiHeadLatentAttention (DeepSeek MLA)              latent.hpp
 ///   KVCache, LatentCache                                 caches.hpp
 ///   ragged batches of sequences: Ragged, multi_head_attention(q, k, v, Ragged, ...)   ragged.hpp
+///   paged caches for continuous batching: PagedKVCache, PagedLatentCache   paged_cache.hpp
 ///   MHA -> GQA (to_grouped), MHA -> MLA (to_latent)      convert.hpp
 ///   rotary position embedding                            rope.hpp
 ///   the double-precision oracle                          reference.hpp
@@ -34,6 +35,7 @@
 #include "attend/masks.hpp"
 #include "attend/multi_head.hpp"
 #include "attend/options.hpp"
+#include "attend/paged_cache.hpp"
 #include "attend/precision.hpp"
 #include "attend/ragged.hpp"
 #include "attend/reference.hpp"

@@ -10,6 +10,8 @@
 
 #include <cmath>
 #include <cstddef>
+#include <limits>
+#include <vector>
 
 #include "attend/caches.hpp"
 #include "attend/detail/attention.hpp"
@@ -18,6 +20,7 @@
 #include "attend/errors.hpp"
 #include "attend/linear.hpp"
 #include "attend/options.hpp"
+#include "attend/paged_cache.hpp"
 #include "attend/rope.hpp"
 #include "attend/shapes.hpp"
 
@@ -117,15 +120,9 @@ struct MultiHeadLatentAttention {
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
     const Config& c = config;
-    const Index h_count = c.heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, dv = c.v_head_dim;
-    const Index r = c.kv_lora_rank, qk = nope + rope;
+    const Index h_count = c.heads, rope = c.qk_rope_head_dim, r = c.kv_lora_rank;
     cache.check_widths(fn, r, rope);
-    const bool has_kv_bias = kv_b_proj.bias.size() != 0;
-    if (has_kv_bias && options.softcap > 0)
-      for (Index h = 0; h < h_count; ++h)
-        if (!kv_b_proj.bias.segment(h * (nope + dv), nope).isZero(0))
-          detail::fail(fn, "kv_b_proj.bias has nonzero key entries and options.softcap is ", options.softcap,
-                       ": the latent cache path cannot absorb a key bias under a softcap (use forward(x))");
+    check_key_bias(fn, options);
     if (x.rows() == 0) return Matrix<T>(0, c.d_model);  // no token to append (see forward(x))
 
     const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
@@ -133,33 +130,54 @@ struct MultiHeadLatentAttention {
     const Matrix<T> q = queries(xe, start);
     cache.append(latent_and_rope_key(xe, start), r);
 
-    // W_UK absorbed: head h's latent query is q_nope_h W_UK_h ([n, nope] x [nope, r]). A key bias b adds
-    // q_nope_h . b to every score of a row, which the softmax cancels (no softcap, checked above).
-    Matrix<T> q_latent(xe.rows(), h_count * (r + rope));
-    for (Index h = 0; h < h_count; ++h) {
-      q_latent.middleCols(h * (r + rope), r).noalias() =
-          q.middleCols(h * qk, nope) * kv_b_proj.weight.middleRows(h * (nope + dv), nope);
-      q_latent.middleCols(h * (r + rope) + r, rope) = q.middleCols(h * qk + nope, rope);
-    }
+    const Matrix<T> q_latent = absorbed_queries(q);
     Matrix<T> out_latent(xe.rows(), h_count * r);
     Matrix<T> lse(xe.rows(), h_count);
     const detail::ConstRowsRef<T> qe(q_latent);
     const detail::ConstRowsRef<S> ke(cache.entries()), ve(cache.latent());
     detail::attention(detail::make_problem(qe, ke, ve, nullptr, Heads{c.heads, 1}, scaled(options)), out_latent, &lse);
+    return absorbed_output(out_latent, lse);
+  }
 
-    // W_UV absorbed into the output: o_h = W_UV_h (sum_j p_j c_j) [+ b_v when the row saw any key, since the
-    // weights then sum to 1].
-    Matrix<T> heads_out(xe.rows(), h_count * dv);
-    for (Index h = 0; h < h_count; ++h) {
-      const Index v_rows = h * (nope + dv) + nope;
-      heads_out.middleCols(h * dv, dv).noalias() =
-          out_latent.middleCols(h * r, r) * kv_b_proj.weight.middleRows(v_rows, dv).transpose();
-      if (has_kv_bias)
-        for (Index i = 0; i < xe.rows(); ++i)
-          if (lse(i, h) != -std::numeric_limits<T>::infinity())
-            heads_out.row(i).segment(h * dv, dv) += kv_b_proj.bias.segment(v_rows, dv).transpose();
+  /// Continuous batching with the latent cache: rows [x_offsets[b], x_offsets[b+1]) of x are new tokens of sequence
+  /// seqs[b] of `cache` (positions continue from that sequence's length); their [c, k_rope] are appended to it,
+  /// then every sequence of the batch attends in the latent space in one call, as forward(x, LatentCache) does for
+  /// one. Each sequence gets the rows it would get fed alone through a LatentCache, up to rounding.
+  ///
+  /// **Shapes:** (N,d_model), B ids, B+1 offsets from 0 to N => (N,d_model); each sequence grows by its rows.
+  /// \throws attend::shape_error as forward(x, LatentCache), and for an id the cache does not hold or named twice,
+  ///         offsets that are not B+1 non-decreasing values from 0 to N, or a cache holding tokens of a layer of
+  ///         other sizes; the cache is unchanged then.
+  template <class Derived, class S>
+  Matrix<T> forward(const Eigen::MatrixBase<Derived>& x, PagedLatentCache<T, S>& cache, const std::vector<int>& seqs,
+                    const std::vector<Index>& x_offsets, const Options& options = {}) const {
+    constexpr const char* fn = "MultiHeadLatentAttention::forward";
+    detail::static_check_scalars<T, Derived>();
+    check(fn, x, options);
+    const Config& c = config;
+    const Index r = c.kv_lora_rank, rope = c.qk_rope_head_dim;
+    cache.check_batch(fn, seqs, x_offsets, x.rows(), x.cols());
+    cache.check_widths(fn, r, rope);
+    check_key_bias(fn, options);
+    if (x.rows() == 0) return Matrix<T>(0, c.d_model);  // no token to append (see forward(x))
+
+    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
+    Matrix<T> q = projected_queries(xe);
+    Matrix<T> latent = projected_latent(xe);
+    for (std::size_t b = 0; b < seqs.size(); ++b) {  // RoPE at each sequence's own positions
+      const Index row = x_offsets[b], n = x_offsets[b + 1] - row, start = cache.length(seqs[b]);
+      if (n == 0) continue;
+      rope_queries(q.middleRows(row, n), start);
+      rope_latent(latent.middleRows(row, n), start);
     }
-    return detail::linear(o_proj.weight, o_proj.bias, heads_out);
+    cache.append_checked(seqs, x_offsets, latent, r);
+
+    const Matrix<T> q_latent = absorbed_queries(q);
+    Matrix<T> out_latent(xe.rows(), Index(c.heads) * r);
+    Matrix<T> lse(xe.rows(), c.heads);
+    detail::paged_attention<T>(q_latent, cache, seqs, x_offsets, Heads{c.heads, 1}, r + rope, r, scaled(options),
+                               out_latent, &lse);
+    return absorbed_output(out_latent, lse);
   }
 
   /// Numbers cached per token: the latent and the shared rope key.
@@ -225,24 +243,92 @@ struct MultiHeadLatentAttention {
 
   /// [L, heads*(nope+rope)] with RoPE applied to each head's rope features, row r at position start + r.
   Matrix<T> queries(const detail::ConstRowsRef<T>& x, Index start) const {
+    Matrix<T> q = projected_queries(x);
+    rope_queries(q, start);
+    return q;
+  }
+
+  /// [L, heads*(nope+rope)] before RoPE.
+  Matrix<T> projected_queries(const detail::ConstRowsRef<T>& x) const {
     const Config& c = config;
-    Matrix<T> q = c.q_lora_rank == 0 ? detail::linear(q_proj.weight, q_proj.bias, x)
-                                     : detail::linear(q_b_proj.weight, q_b_proj.bias,
-                                                      q_a_layernorm(detail::linear(q_a_proj.weight, q_a_proj.bias, x)));
+    return c.q_lora_rank == 0 ? detail::linear(q_proj.weight, q_proj.bias, x)
+                              : detail::linear(q_b_proj.weight, q_b_proj.bias,
+                                               q_a_layernorm(detail::linear(q_a_proj.weight, q_a_proj.bias, x)));
+  }
+
+  /// RoPE on each head's rope features of rows of queries, row r at position start + r.
+  void rope_queries(detail::RowsRef<T> q, Index start) const {
+    const Config& c = config;
     const Index qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
     for (Index h = 0; h < c.heads; ++h)
       detail::rope_slice_in_place<T>(q, h * qk + c.qk_nope_head_dim, c.qk_rope_head_dim, start, c.rope_theta,
                                      c.rope_layout);
-    return q;
   }
 
   /// [L, kv_lora_rank + rope]: the normalized latent, then the roped shared key: what the cache holds.
   Matrix<T> latent_and_rope_key(const detail::ConstRowsRef<T>& x, Index start) const {
+    Matrix<T> kv = projected_latent(x);
+    rope_latent(kv, start);
+    return kv;
+  }
+
+  /// [L, kv_lora_rank + rope]: the normalized latent, then the shared key before RoPE.
+  Matrix<T> projected_latent(const detail::ConstRowsRef<T>& x) const {
     const Config& c = config;
     Matrix<T> kv = detail::linear(kv_a_proj_with_mqa.weight, kv_a_proj_with_mqa.bias, x);
     kv.leftCols(c.kv_lora_rank) = kv_a_layernorm(kv.leftCols(c.kv_lora_rank));
-    detail::rope_slice_in_place<T>(kv, c.kv_lora_rank, c.qk_rope_head_dim, start, c.rope_theta, c.rope_layout);
     return kv;
+  }
+
+  /// RoPE on the shared key of rows of projected_latent(), row r at position start + r.
+  void rope_latent(detail::RowsRef<T> kv, Index start) const {
+    const Config& c = config;
+    detail::rope_slice_in_place<T>(kv, c.kv_lora_rank, c.qk_rope_head_dim, start, c.rope_theta, c.rope_layout);
+  }
+
+  /// Throws shape_error naming `fn` when kv_b_proj has nonzero key bias entries under a softcap: the absorbed
+  /// (latent cache) paths cannot absorb a key bias then.
+  void check_key_bias(const char* fn, const Options& options) const {
+    const Config& c = config;
+    const Index nope = c.qk_nope_head_dim, dv = c.v_head_dim;
+    if (kv_b_proj.bias.size() != 0 && options.softcap > 0)
+      for (Index h = 0; h < c.heads; ++h)
+        if (!kv_b_proj.bias.segment(h * (nope + dv), nope).isZero(0))
+          detail::fail(fn, "kv_b_proj.bias has nonzero key entries and options.softcap is ", options.softcap,
+                       ": the latent cache path cannot absorb a key bias under a softcap (use forward(x))");
+  }
+
+  /// W_UK absorbed: head h's latent query is q_nope_h W_UK_h ([n, nope] x [nope, r]), then its rope features. A key
+  /// bias b adds q_nope_h . b to every score of a row, which the softmax cancels (no softcap, check_key_bias()).
+  Matrix<T> absorbed_queries(const Matrix<T>& q) const {
+    const Config& c = config;
+    const Index h_count = c.heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, dv = c.v_head_dim;
+    const Index r = c.kv_lora_rank, qk = nope + rope;
+    Matrix<T> q_latent(q.rows(), h_count * (r + rope));
+    for (Index h = 0; h < h_count; ++h) {
+      q_latent.middleCols(h * (r + rope), r).noalias() =
+          q.middleCols(h * qk, nope) * kv_b_proj.weight.middleRows(h * (nope + dv), nope);
+      q_latent.middleCols(h * (r + rope) + r, rope) = q.middleCols(h * qk + nope, rope);
+    }
+    return q_latent;
+  }
+
+  /// W_UV absorbed into the output: o_h = W_UV_h (sum_j p_j c_j) [+ b_v when the row saw any key, since the
+  /// weights then sum to 1], then o_proj.
+  Matrix<T> absorbed_output(const Matrix<T>& out_latent, const Matrix<T>& lse) const {
+    const Config& c = config;
+    const Index h_count = c.heads, nope = c.qk_nope_head_dim, dv = c.v_head_dim, r = c.kv_lora_rank;
+    Matrix<T> heads_out(out_latent.rows(), h_count * dv);
+    for (Index h = 0; h < h_count; ++h) {
+      const Index v_rows = h * (nope + dv) + nope;
+      heads_out.middleCols(h * dv, dv).noalias() =
+          out_latent.middleCols(h * r, r) * kv_b_proj.weight.middleRows(v_rows, dv).transpose();
+      if (kv_b_proj.bias.size() != 0)
+        for (Index i = 0; i < out_latent.rows(); ++i)
+          if (lse(i, h) != -std::numeric_limits<T>::infinity())
+            heads_out.row(i).segment(h * dv, dv) += kv_b_proj.bias.segment(v_rows, dv).transpose();
+    }
+    return detail::linear(o_proj.weight, o_proj.bias, heads_out);
   }
 };
 

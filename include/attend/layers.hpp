@@ -1,9 +1,11 @@
 #pragma once
 /// \file
 /// The multi-head attention layer: MultiHeadAttention, one class for MHA, GQA and MQA, with projections in
-/// torch.nn.Linear layout, self- and cross-attention, and incremental decoding through a KVCache.
+/// torch.nn.Linear layout, self- and cross-attention, incremental decoding through a KVCache, and continuous batching
+/// of many sequences through a PagedKVCache.
 
 #include <cstddef>
+#include <vector>
 
 #include "attend/caches.hpp"
 #include "attend/detail/attention.hpp"
@@ -12,6 +14,7 @@
 #include "attend/errors.hpp"
 #include "attend/linear.hpp"
 #include "attend/options.hpp"
+#include "attend/paged_cache.hpp"
 #include "attend/shapes.hpp"
 
 namespace attend {
@@ -94,6 +97,33 @@ struct MultiHeadAttention {
     const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
     cache.append(project(k_proj, xe), project(v_proj, xe));
     return attend_heads<S>(project(q_proj, xe), cache.keys(), cache.values(), options);
+  }
+
+  /// Continuous batching: rows [x_offsets[b], x_offsets[b+1]) of x are new tokens of sequence seqs[b] of `cache`;
+  /// their keys and values are appended to that sequence, then they attend over all of it, every sequence of the
+  /// batch in one call (prefill chunks and one-token decodes alike). Each sequence gets the rows it would get fed
+  /// alone through a KVCache, up to rounding (the batch is projected as one matrix).
+  ///
+  /// **Shapes:** (N,d_model), B ids, B+1 offsets from 0 to N => (N,d_model); each sequence grows by its rows.
+  /// \throws attend::shape_error as forward(x), and for an id the cache does not hold or named twice, offsets that
+  ///         are not B+1 non-decreasing values from 0 to N, or a cache holding tokens of a layer of other sizes;
+  ///         the cache is unchanged then.
+  template <class Derived, class S>
+  Matrix<T> forward(const Eigen::MatrixBase<Derived>& x, PagedKVCache<T, S>& cache, const std::vector<int>& seqs,
+                    const std::vector<Index>& x_offsets, const Options& options = {}) const {
+    constexpr const char* fn = "MultiHeadAttention::forward";
+    detail::static_check_scalars<T, Derived>();
+    check(fn, x, options);
+    const Index kv_width = Index(kv_heads) * head_dim;
+    cache.check_batch(fn, seqs, x_offsets, x.rows(), x.cols());
+    cache.check_widths(fn, kv_width, kv_width);
+    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
+    cache.append_checked(seqs, x_offsets, project(k_proj, xe), project(v_proj, xe));
+    const Matrix<T> q = project(q_proj, xe);
+    Matrix<T> heads_out(xe.rows(), Index(heads) * head_dim);
+    detail::paged_attention<T>(q, cache, seqs, x_offsets, Heads{heads, kv_heads}, kv_width, kv_width, options,
+                               heads_out, nullptr);
+    return detail::linear(o_proj.weight, o_proj.bias, heads_out);
   }
 
   /// Numbers cached per token: a key and a value of head_dim for each kv head.
