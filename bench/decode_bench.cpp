@@ -11,9 +11,7 @@
 // Counters: GBps (attention: KV bytes read = S * 8 kv heads * 128 * 2 (K and V) * 4 bytes per call; triad: 3
 // arrays; read: 1 array, per second of real time), GFLOPS (useful attention FLOPs), omp_threads.
 
-#include <cstdlib>
-#include <memory>
-
+#include "bandwidth.hpp"
 #include "bench_common.hpp"
 
 namespace {
@@ -70,69 +68,11 @@ BENCHMARK(attend_decode)->Apply(decode_args);
 BENCHMARK(naive_decode)->Apply(decode_args);
 
 // ------------------------------------------------------------------------------------------------------------
-// Memory bandwidth of this machine, same run
+// Memory bandwidth of this machine, same run (bandwidth.hpp)
 // ------------------------------------------------------------------------------------------------------------
 
-struct FreeDeleter {
-  void operator()(float* p) const { std::free(p); }
-};
-using Array = std::unique_ptr<float[], FreeDeleter>;
-
-// 64-byte aligned, first touched by the threads that will use each part (static split, like the kernels' loops).
-Array make_array(Index n, float value) {
-  const std::size_t bytes = ((std::size_t(n) * sizeof(float) + 63) / 64) * 64;
-  Array a(static_cast<float*>(std::aligned_alloc(64, bytes)));
-  float* p = a.get();
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static)
-#endif
-  for (Index i = 0; i < n; ++i) p[i] = value;
-  return a;
-}
-
-void triad(benchmark::State& state) {
-  const Index n = state.range(0) * (Index(1) << 20) / Index(sizeof(float));
-  Array a = make_array(n, 0.0f), b = make_array(n, 1.0f), c = make_array(n, 2.0f);
-  float* __restrict pa = a.get();
-  const float* __restrict pb = b.get();
-  const float* __restrict pc = c.get();
-  const float s = 3.0f;
-  for (auto _ : state) {
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static)
-#endif
-    for (Index i = 0; i < n; ++i) pa[i] = pb[i] + s * pc[i];
-    benchmark::DoNotOptimize(pa);
-    benchmark::ClobberMemory();
-  }
-  bench::common_counters(state);
-  state.counters["GBps"] = bench::rate(1e-9 * 3.0 * double(n) * sizeof(float));
-}
-
-void read(benchmark::State& state) {
-  const Index n = state.range(0) * (Index(1) << 20) / Index(sizeof(float));
-  Array a = make_array(n, 1.0f);
-  const float* __restrict pa = a.get();
-  for (auto _ : state) {
-    float sum = 0;
-    // Contiguous parts per thread, each summed by Eigen's vectorized reduction (several accumulators).
-#if defined(_OPENMP)
-#pragma omp parallel reduction(+ : sum)
-#endif
-    {
-      Index part = 0, parts = 1;
-#if defined(_OPENMP)
-      part = omp_get_thread_num();
-      parts = omp_get_num_threads();
-#endif
-      const Index begin = n * part / parts, end = n * (part + 1) / parts;
-      sum += Eigen::Map<const Eigen::ArrayXf>(pa + begin, end - begin).sum();
-    }
-    benchmark::DoNotOptimize(sum);
-  }
-  bench::common_counters(state);
-  state.counters["GBps"] = bench::rate(1e-9 * double(n) * sizeof(float));
-}
+using bench::read;
+using bench::triad;
 
 // 64 MiB per array (192 MiB in all, more than the 16384-token KV cache of 128 MiB); read over 128 MiB, the size
 // of that cache.

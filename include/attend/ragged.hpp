@@ -114,6 +114,28 @@ Matrix<typename DQ::Scalar> multi_head_attention(const Eigen::MatrixBase<DQ>& q,
   return out;
 }
 
+/// multi_head_attention() over a ragged batch into a preallocated `out` [Tq, H*dv] (no result allocation: a server
+/// reuses one output buffer step after step); `out` must not alias the inputs.
+///
+/// **Shapes:** (Tq,H*d) x (Tk,G*d) x (Tk,G*dv), B+1 offsets into each => out (Tq,H*dv)
+/// \throws attend::shape_error as the ragged multi_head_attention(), and when out has another shape.
+template <class DQ, class DK, class DV>
+void multi_head_attention_into(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                               const Eigen::MatrixBase<DV>& v, const Ragged& ragged, Heads heads,
+                               detail::RowsRef<typename detail::type_identity<typename DQ::Scalar>::type> out,
+                               const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  detail::static_check_kernel_scalars<DQ, DK, DV>();
+  using S = typename DK::Scalar;
+  constexpr const char* fn = "multi_head_attention_into";
+  detail::check_multi_head(fn, q, k, v, heads, options);
+  detail::check_ragged(fn, ragged, q.rows(), k.rows());
+  detail::check_output(fn, out, q.rows(), v.cols() / heads.kv * heads.query);
+  const detail::ConstRowsRef<T> qe(q.derived());
+  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
+  detail::ragged_attention(qe, ke, ve, ragged, heads, options, out, nullptr);
+}
+
 /// multi_head_attention() over a ragged batch that also returns each row's log-sum-exp per query head (-inf where
 /// the row sees no key; with sinks, as multi_head_attention_with_lse() gives it).
 ///
