@@ -163,6 +163,8 @@ void ragged(const std::vector<RaggedSequence<T, S>>& seqs, const Tiles& tiles, R
 
 #if defined(_OPENMP)
 #pragma omp parallel if (worth_threads(Index(fine.size()), work))
+#else
+  (void)work;  // only the team's decision reads it
 #endif
   {
     keep_tile_products_serial();
