@@ -181,7 +181,8 @@ const C* rows_of(const Rows& rows, Index j0, Index j1, Matrix<C>& scratch, Index
     stride = rows.outerStride();
     return rows.data() + j0 * rows.outerStride();
   } else {
-    scratch.middleRows(scratch_row, j1 - j0) = rows.middleRows(j0, j1 - j0).template cast<C>();
+    // The scratch may be wider than these rows (one scratch serves keys and values of other widths).
+    scratch.block(scratch_row, 0, j1 - j0, rows.cols()) = rows.middleRows(j0, j1 - j0).template cast<C>();
     stride = scratch.outerStride();
     return scratch.data() + scratch_row * scratch.outerStride();
   }

@@ -82,12 +82,15 @@ class RowsTile {
   /// (decoding), memory is then read a few whole key rows at a time rather than as one page-strided column slice
   /// per group. Forced inline so that the caller's constant step reaches the loops.
   EIGEN_ALWAYS_INLINE static void absorb_all(RowsTile* tiles, Index count, Index kt, Index tk, Index step) {
+    // A step also ends where a run of stored rows (a page) ends, so that each step reads one block of rows with
+    // the products' full register blocks. The tiles share their runs: every kv group's rows lie in the same pages.
+    const auto next = [&](Index j) { return std::min({j + step, kt + tk, tiles[0].kv_.run_end(j)}); };
     for (Index i = 0; i < count; ++i) tiles[i].begin(kt, tk);
-    for (Index j = kt; j < kt + tk; j += step)
-      for (Index i = 0; i < count; ++i) tiles[i].scores(j, std::min(j + step, kt + tk));
+    for (Index j = kt; j < kt + tk; j = next(j))
+      for (Index i = 0; i < count; ++i) tiles[i].scores(j, next(j));
     for (Index i = 0; i < count; ++i) tiles[i].softmax();
-    for (Index j = kt; j < kt + tk; j += step)
-      for (Index i = 0; i < count; ++i) tiles[i].accumulate(j, std::min(j + step, kt + tk));
+    for (Index j = kt; j < kt + tk; j = next(j))
+      for (Index i = 0; i < count; ++i) tiles[i].accumulate(j, next(j));
   }
 
   /// Leaves in ws.acc the normalized rows (position-major stack) and in ws.sum each row's log-sum-exp of its
