@@ -234,7 +234,7 @@ TYPED_TEST(PagedKernel, PageTablesGiveTheKeysContiguousWouldGive) {
     std::vector<int> ids;
     for (std::size_t b = 0; b < lengths.size(); ++b) ids.push_back(cache.add_sequence());
     // Keys arrive in three rounds, interleaved across sequences, as a server appends them.
-    std::vector<Matrix<S>> keys(lengths.size()), values(lengths.size());
+    std::vector<Matrix<S>> keys(lengths.size(), Matrix<S>(0, kw)), values(lengths.size(), Matrix<S>(0, kw));
     for (int round = 0; round < 3; ++round) {
       std::vector<Index> offsets{0};
       std::vector<Matrix<S>> k_parts, v_parts;
