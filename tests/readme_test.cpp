@@ -77,3 +77,30 @@ TEST(Readme, LatentSnippet) {
   EXPECT_EQ(mla.kv_cache_elements_per_token(), 512u + 64u);
   EXPECT_EQ(cache.size(), 1);
 }
+
+TEST(Readme, ServingSnippets) {
+  std::mt19937 rng(53);
+  const attend::Matrix<float> q = random_matrix<float>(130, 32 * 8, rng), k = random_matrix<float>(4481, 8 * 8, rng);
+  const attend::Matrix<float> v = random_matrix<float>(4481, 8 * 8, rng);
+  attend::Options o;
+  o.mask = attend::Mask::causal();
+  attend::Ragged batch{{0, 1, 2, 130}, {0, 4096, 4353, 4481}};  // two decodes, a 128-token prefill
+  attend::Matrix<float> out = attend::multi_head_attention(q, k, v, batch, attend::Heads{32, 8}, o);
+  auto r = attend::multi_head_attention_with_lse(q, k, v, batch, attend::Heads{32, 8}, o);
+  attend::multi_head_attention_into(q, k, v, batch, attend::Heads{32, 8}, out, o);
+  EXPECT_EQ(r.out, out);
+  EXPECT_EQ(out.row(1), attend::multi_head_attention(q.row(1), k.middleRows(4096, 257), v.middleRows(4096, 257),
+                                                     attend::Heads{32, 8}, o));
+
+  attend::MultiHeadAttention<float> mha = attend_test::random_mha<float>(64, 4, 2, 16, rng);
+  const attend::Matrix<float> x = random_matrix<float>(58, 64, rng);
+  attend::PagedKVCache<float> cache;  // one per layer
+  int a = cache.add_sequence(), b = cache.add_sequence();
+  attend::Matrix<float> y = mha.forward(x, cache, {a, b}, {0, 57, 58}, {std::nullopt, attend::Mask::causal()});
+  cache.release(a);  // a is done; its pages serve the next requests
+  attend::KVCache<float> alone;
+  EXPECT_LE(max_abs_diff(y.topRows(57), mha.forward(x.topRows(57), alone, {std::nullopt, attend::Mask::causal()})),
+            1e-5);
+  EXPECT_EQ(cache.length(b), 1);
+  EXPECT_EQ(cache.pages_in_use(), 1);
+}
