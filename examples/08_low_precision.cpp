@@ -1,15 +1,17 @@
-// Low precision: what storing values in 16 bits costs in accuracy and buys in memory and speed.
+// Low precision: what storing values in 16 or 8 bits costs in accuracy and buys in memory and speed.
 //
 // bfloat16 keeps float's 8-bit exponent (the same range) and 8 significant bits; half (fp16) keeps 11 significant
 // bits but a 5-bit exponent (largest value 65504). attend computes scores, the softmax and the accumulators in
 // float whatever the storage, and rounds only what is stored in 16 bits. The program shows
 //   - one number rounded each way, and the relative error each format allows,
-//   - decoding through a GQA layer's KV cache stored as float, bfloat16 and half: bytes per token, time per token
-//     and how far the outputs move from the float cache (NMSE: sum (a - b)^2 / sum b^2),
+//   - decoding through a GQA layer's KV cache stored as float, bfloat16, half and q8 (8-bit values in blocks of 32
+//     with a scale): bytes per token, time per token and how far the outputs move from the float cache (NMSE:
+//     sum (a - b)^2 / sum b^2),
 //   - causal prefill on bfloat16 and half inputs against float: time, and the NMSE against double precision on
 //     the same rounded inputs, on the instructions this machine offers (attend::bf16_path()).
-// It checks the contract's accuracy bound (NMSE <= 1e-4 for every 16-bit result), that the 16-bit caches take half
-// the bytes, and that rows with no visible key stay exactly zero. Timings are medians and vary from run to run.
+// It checks the contract's accuracy bounds (NMSE <= 1e-4 for every 16-bit result, 5e-4 for q8 against unquantized
+// values), that the 16-bit caches take half the bytes and q8 at most 0.27, and that rows with no visible key stay
+// exactly zero. Timings are medians and vary from run to run.
 // Usage: 08_low_precision [--quick]. Exit status 1 when a check fails.
 #include <attend/attend.hpp>
 #include <cstdio>
@@ -111,19 +113,25 @@ int main(int argc, char** argv) {
   const attend::MultiHeadAttention<float> layer = random_layer(s, rng);
   const Matrix<float> context = ex::random_matrix(rng, s.cache, s.d_model);
   const Matrix<float> next = ex::random_matrix(rng, s.steps, s.d_model);
-  Matrix<float> y_float, y_bf16, y_half;
+  Matrix<float> y_float, y_bf16, y_half, y_q8;
   const Decode f = decode<float>(layer, context, next, y_float);
   Decode b = decode<bf16>(layer, context, next, y_bf16);
   Decode h = decode<half>(layer, context, next, y_half);
+  Decode q8 = decode<attend::q8>(layer, context, next, y_q8);
   b.nmse_vs_float = nmse(y_bf16, y_float);
   h.nmse_vs_float = nmse(y_half, y_float);
+  q8.nmse_vs_float = nmse(y_q8, y_float);
   std::printf("   %-10s %12s %14s %16s\n", "cache", "bytes/token", "decode ms/tok", "NMSE vs float");
-  for (const auto& [name, r] : {std::pair<const char*, Decode>{"float", f}, {"bfloat16", b}, {"half", h}})
+  for (const auto& [name, r] : {std::pair<const char*, Decode>{"float", f}, {"bfloat16", b}, {"half", h}, {"q8", q8}})
     std::printf("   %-10s %12.0f %14.3f %16.2e\n", name, r.bytes_per_token, r.ms_per_token, r.nmse_vs_float);
-  std::printf("\n   (half keeps 3 more bits than bfloat16: its cache moves the outputs less.)\n\n");
+  std::printf(
+      "\n   (half keeps 3 more bits than bfloat16: its cache moves the outputs less; q8 keeps 8 bits per value and\n"
+      "   one half-precision scale per 32, 34 bytes for what float stores in 128.)\n\n");
   ok &= ex::check(b.bytes_per_token * 2 == f.bytes_per_token && h.bytes_per_token * 2 == f.bytes_per_token,
                   "a 16-bit cache takes half the bytes per token of a float one");
+  ok &= ex::check(q8.bytes_per_token <= 0.27 * f.bytes_per_token, "an 8-bit cache takes at most 0.27 of the bytes");
   ok &= ex::check(b.nmse_vs_float <= 1e-4 && h.nmse_vs_float <= 1e-4, "decoding over a 16-bit cache: NMSE <= 1e-4");
+  ok &= ex::check(q8.nmse_vs_float <= 5e-4, "decoding over an 8-bit cache: NMSE <= 5e-4");
 
   std::printf("3. Causal prefill of %d tokens on 16-bit inputs (the first 8 query rows see no key)\n\n", s.prefill);
   const Matrix<float> q = ex::random_matrix(rng, s.prefill + 8, Index(s.heads) * s.head_dim);

@@ -7,6 +7,8 @@
 //                                        attends in the latent space (W_UK, W_UV absorbed), via LatentCache
 //   GQA bf16 / fp16                      GQA with 16-bit storage: the kernel on bfloat16 (half) q, k, v, the
 //                                        layer decoding through a KVCache<float, bfloat16 (half)>
+//   GQA q8                               GQA over 8-bit keys and values (q8: int8 in blocks of 32 with a scale):
+//                                        the kernel on quantize_q8(k, v), the layer through KVCache<float, q8>
 //
 // For each variant it measures
 //   - the KV cache cost per token (what a decoder keeps for every past token, in float),
@@ -48,6 +50,7 @@ constexpr Sizes kQuick{256, 8, 32, 2, 256, 512, 8, 2, 64, 64, 16, 32, 32};
 struct Row {
   std::string name, detail;
   std::size_t cache_elements = 0, bytes_per_element = sizeof(float);
+  double cache_bytes = 0;  ///< bytes per token when not elements x bytes_per_element (q8: blocks with scales)
   double kernel_prefill_s = 0, kernel_gflops = 0, layer_prefill_s = 0, decode_s = 0;
   double kernel_dev = 0, layer_dev = 0, layer_ref_max = 0;
 };
@@ -98,6 +101,27 @@ attend::MultiHeadLatentAttention<T> cast_layer(const attend::MultiHeadLatentAtte
 /// from the double-precision reference on the last `reference_rows` query rows (with the bottom-right aligned
 /// causal mask, those rows over all keys are exactly the last rows of the full call).
 /// T: float, or a 16-bit type (the inputs rounded to it, the error then against double on the rounded inputs).
+/// The kernel over 8-bit keys and values: float queries, k and v quantized (quantize_q8); the error against double
+/// on the unquantized values, so it includes the quantization.
+void measure_kernel_q8(Row& row, const Sizes& s, int kv_heads, std::mt19937& rng) {
+  const Index L = s.prefill;
+  const Matrix<float> q = ex::random_matrix(rng, L, Index(s.heads) * s.head_dim);
+  const Matrix<float> k = ex::random_matrix(rng, L, Index(kv_heads) * s.head_dim);
+  const Matrix<float> v = ex::random_matrix(rng, L, Index(kv_heads) * s.head_dim);
+  const attend::Q8Matrix kq = attend::quantize_q8(k), vq = attend::quantize_q8(v);
+  attend::Options causal;
+  causal.mask = attend::Mask::causal();
+  const attend::Heads heads{s.heads, kv_heads};
+  Matrix<float> out;
+  row.kernel_prefill_s =
+      ex::median_seconds(s.reps, [&] { out = attend::multi_head_attention(q, kq, vq, heads, causal); });
+  row.kernel_gflops = 0.5 * 4.0 * double(L) * double(L) * s.head_dim * s.heads / row.kernel_prefill_s * 1e-9;
+  progress(" %-4s kernel prefill %.3f s", row.name, row.kernel_prefill_s);
+  const Index n = std::min<Index>(s.reference_rows, L);
+  const Matrix<double> ref = attend::reference::multi_head_attention(q.bottomRows(n), k, v, heads, causal);
+  row.kernel_dev = ex::max_abs_diff(out.bottomRows(n), ref);
+}
+
 template <class T = float>
 void measure_kernel(Row& row, const Sizes& s, int kv_heads, int d_qk, int d_v, std::mt19937& rng) {
   const Index L = s.prefill;
@@ -220,7 +244,7 @@ int main(int argc, char** argv) {
     Row row;
     row.name = g.name;
     row.detail = std::to_string(s.heads) + " q / " + std::to_string(g.kv) + " kv heads";
-    std::printf("  [%zu/6]", rows.size() + 1);
+    std::printf("  [%zu/7]", rows.size() + 1);
     const attend::MultiHeadAttention<float> layer = random_mha(s, g.kv, rng);
     row.cache_elements = layer.kv_cache_elements_per_token();
     measure_kernel(row, s, g.kv, s.head_dim, s.head_dim, rng);
@@ -232,7 +256,7 @@ int main(int argc, char** argv) {
     Row row;
     row.name = "MLA";
     row.detail = "latent " + std::to_string(s.mla_rank) + " + rope " + std::to_string(s.mla_rope);
-    std::printf("  [4/6]");
+    std::printf("  [4/7]");
     const attend::MultiHeadLatentAttention<float> layer = random_mla(s, rng);
     row.cache_elements = layer.kv_cache_elements_per_token();
     // MLA's prefill runs the decompressed form: multi-head attention with d_qk = nope + rope, d_v = v.
@@ -248,7 +272,7 @@ int main(int argc, char** argv) {
     Row row;
     row.name = name;
     row.detail = std::to_string(s.heads) + " q / " + std::to_string(s.gqa_kv_heads) + " kv, " + attend::bf16_path();
-    std::printf("  [%zu/6]", rows.size() + 1);
+    std::printf("  [%zu/7]", rows.size() + 1);
     const attend::MultiHeadAttention<float> layer = random_mha(s, s.gqa_kv_heads, rng);
     row.cache_elements = layer.kv_cache_elements_per_token();
     row.bytes_per_element = sizeof(S);
@@ -259,21 +283,38 @@ int main(int argc, char** argv) {
   };
   sixteen(Eigen::bfloat16(), "bf16");
   sixteen(Eigen::half(), "fp16");
+  {
+    Row row;
+    row.name = "q8";
+    row.detail = std::to_string(s.heads) + " q / " + std::to_string(s.gqa_kv_heads) + " kv, 8-bit";
+    std::printf("  [7/7]");
+    const attend::MultiHeadAttention<float> layer = random_mha(s, s.gqa_kv_heads, rng);
+    measure_kernel_q8(row, s, s.gqa_kv_heads, rng);
+    measure_layer<attend::MultiHeadAttention<float>, attend::MultiHeadAttention<double>,
+                  attend::KVCache<float, attend::q8>>(row, s, layer, cast_layer<double>(layer), rng);
+    // 32 int8 and a half scale per 32 numbers.
+    row.cache_elements = layer.kv_cache_elements_per_token();
+    row.bytes_per_element = 0;
+    row.cache_bytes = double(row.cache_elements) * 34.0 / 32.0;
+    rows.push_back(row);
+  }
 
   std::printf("\n%-4s %-22s %10s | %-28s %10s | %-20s\n", "", "", "KV cache", "prefill (causal)", "decode",
               "max |error| vs double");
   std::printf("%-4s %-22s %10s | %9s %9s %10s %10s | %9s %10s\n", "", "heads", "B/token", "kernel ms", "GFLOP/s",
               "layer ms", "ms/token", "kernel", "layer");
   for (const Row& r : rows) {
-    std::printf("%-4s %-22s %10zu | %9.1f %9.1f %10.1f %10.3f | %9.1e %10.1e\n", r.name.c_str(), r.detail.c_str(),
-                r.cache_elements * r.bytes_per_element, r.kernel_prefill_s * 1e3, r.kernel_gflops,
-                r.layer_prefill_s * 1e3, r.decode_s * 1e3, r.kernel_dev, r.layer_dev);
+    const double bytes = r.bytes_per_element ? double(r.cache_elements * r.bytes_per_element) : r.cache_bytes;
+    std::printf("%-4s %-22s %10.0f | %9.1f %9.1f %10.1f %10.3f | %9.1e %10.1e\n", r.name.c_str(), r.detail.c_str(),
+                bytes, r.kernel_prefill_s * 1e3, r.kernel_gflops, r.layer_prefill_s * 1e3, r.decode_s * 1e3,
+                r.kernel_dev, r.layer_dev);
   }
   std::printf(
       "\nKV cache: bytes a decoder keeps per past token (a %d-token context: MHA %s, MLA %s). bf16 and fp16 rows\n"
       "  store GQA's cache in 16 bits (KVCache<float, bfloat16 | half>) and run the kernel on 16-bit inputs, on the\n"
       "  path named (bf16_path(): amx, avx512bf16 or generic); their errors are against double on the rounded\n"
-      "  inputs and include the 16-bit rounding of the output (kernel) and of the cache (layer).\n"
+      "  inputs and include the 16-bit rounding of the output (kernel) and of the cache (layer). q8: keys and\n"
+      "  values in 8 bits (blocks of 32 with a half scale), errors against double on the unquantized values.\n"
       "kernel: attend::multi_head_attention alone, causal; GFLOP/s counts useful attention FLOPs, 4*L*L*d per head\n"
       "  (2*L*L*(d_qk + d_v)), halved for the causal mask. layer: the whole layer (projections too); MLA's\n"
       "  prefill is its decompressed forward (d_qk = %d, d_v = %d), its decode the absorbed one over LatentCache.\n"
@@ -283,7 +324,7 @@ int main(int argc, char** argv) {
       human_bytes(double(rows[3].cache_elements) * sizeof(float) * s.cache).c_str(), s.mla_nope + s.mla_rope, s.mla_v,
       std::min(s.reference_rows, s.prefill));
 
-  const Row &mha = rows[0], &gqa = rows[1], &mqa = rows[2], &mla = rows[3], &bf = rows[4], &fp = rows[5];
+  const Row &mha = rows[0], &gqa = rows[1], &mqa = rows[2], &mla = rows[3], &bf = rows[4], &fp = rows[5], &q8 = rows[6];
   double worst_kernel = 0, worst_layer = 0, worst_layer_rel = 0;
   for (std::size_t i = 0; i < 4; ++i) {
     const Row& r = rows[i];
@@ -302,6 +343,9 @@ int main(int argc, char** argv) {
       "prefill %.1f ms (%.1fx float's).\n",
       attend::bf16_path(), bf.decode_s * 1e3, bf.decode_s / gqa.decode_s, bf.kernel_prefill_s * 1e3,
       gqa.kernel_prefill_s / bf.kernel_prefill_s);
+  std::printf("8-bit: GQA's cache in q8 takes %.2f of the float bytes and decodes in %.2f ms (%.2fx float's).\n",
+              q8.cache_bytes / double(gqa.cache_elements * sizeof(float)), q8.decode_s * 1e3,
+              q8.decode_s / gqa.decode_s);
 
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   std::printf("(tour took %.1f s)\n\n", wall);
