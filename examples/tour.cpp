@@ -355,6 +355,9 @@ int main(int argc, char** argv) {
   ok &= ex::check(worst_kernel <= 1e-4, "every kernel within 1e-4 of the double-precision reference");
   ok &= ex::check(worst_layer_rel <= 1e-4, "every float layer within 1e-4 (relative) of the same layer in double");
   // bfloat16 keeps 8 significant bits: outputs of magnitude ~1 are rounded by up to 2^-8.
+  // q8 keeps 8 bits per value and a scale per 32: outputs move by up to a few 1e-3 of their scale.
+  ok &= ex::check(q8.kernel_dev <= 5e-2 && q8.layer_dev <= 5e-2 * std::max(1.0, q8.layer_ref_max),
+                  "8-bit keys and values within 5e-2 (relative) of double");
   ok &= ex::check(bf.kernel_dev <= 2e-2 && fp.kernel_dev <= 2e-2, "16-bit kernels within 2e-2 of double");
   ok &= ex::check(
       bf.layer_dev <= 2e-2 * std::max(1.0, bf.layer_ref_max) && fp.layer_dev <= 2e-2 * std::max(1.0, fp.layer_ref_max),
