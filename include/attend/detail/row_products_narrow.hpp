@@ -51,9 +51,11 @@ inline bool narrow_products_available() {
 /// 16-bit rows (bfloat16 or half).
 template <class S>
 struct Rows16 {
+  static constexpr int kVectors = 1;  ///< vectors of 16 values one load() gives
   const S* p;
   Index ld;
 
+  ATTEND_TARGET_AVX512 void load(Index r, Index x, const __mmask16* m, __m512* out) const { out[0] = load(r, x, m[0]); }
   /// 16 values of row r from column x widened to float; only the lanes of m are read (the others are 0).
   ATTEND_TARGET_AVX512 __m512 load(Index r, Index x, __mmask16 m) const {
     const __m256i bits = _mm256_maskz_loadu_epi16(m, p + r * ld + x);
@@ -71,18 +73,22 @@ struct Rows16 {
 /// q8 rows: 8-bit values, one scale per 32 columns.
 template <class Scale>
 struct RowsQ8 {
+  static constexpr int kVectors = 2;  ///< a block of 32 values: two vectors under one scale
   const std::int8_t* q;
   Index ldq;
   const Scale* s;
   Index lds;
 
+  /// The block of row r from column x (a multiple of 32) widened and scaled: 2 vectors, one scale load.
+  ATTEND_TARGET_AVX512 void load(Index r, Index x, const __mmask16* m, __m512* out) const {
+    const __m256i bytes = _mm256_maskz_loadu_epi8(__mmask32(m[0]) | (__mmask32(m[1]) << 16), q + r * ldq + x);
+    const __m512 scale = _mm512_set1_ps(static_cast<float>(s[r * lds + x / 32]));
+    out[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(bytes))), scale);
+    out[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(bytes, 1))), scale);
+  }
+
   RowsQ8(const std::int8_t* q_, Index ldq_, const Scale* s_, Index lds_) : q(q_), ldq(ldq_), s(s_), lds(lds_) {}
 
-  ATTEND_TARGET_AVX512 __m512 load(Index r, Index x, __mmask16 m) const {
-    const __m128i bytes = _mm_maskz_loadu_epi8(m, q + r * ldq + x);
-    const float scale = static_cast<float>(s[r * lds + x / 32]);
-    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), _mm512_set1_ps(scale));  // scale * q
-  }
   ATTEND_TARGET_AVX512 void prefetch(Index r, Index cols) const {
     for (Index x = 0; x < cols; x += 64) _mm_prefetch(reinterpret_cast<const char*>(q + r * ldq + x), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(s + r * lds), _MM_HINT_T0);
@@ -159,17 +165,20 @@ struct RowProductsNarrow {
   template <int R, int C>
   ATTEND_TARGET_AVX512 static void scores_block(float* s, Index lds, const float* q, Index ldq, const Source& k,
                                                 Index depth) {
+    constexpr int V = Source::kVectors;
     __m512 acc[R][C];
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-    for (Index x = 0; x < depth; x += 16) {
-      const __mmask16 m = lanes(depth - x);
-      __m512 kp[C];
-      for (int c = 0; c < C; ++c) kp[c] = k.load(c, x, m);
-      for (int r = 0; r < R; ++r) {
-        const __m512 qp = _mm512_maskz_loadu_ps(m, q + r * ldq + x);
-        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(qp, kp[c], acc[r][c]);  // s += q . k
-      }
+    for (Index x = 0; x < depth; x += 16 * V) {
+      __mmask16 m[V];
+      for (int v = 0; v < V; ++v) m[v] = lanes(depth - x - 16 * v);
+      __m512 kp[C][V];
+      for (int c = 0; c < C; ++c) k.load(c, x, m, kp[c]);
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < V; ++v) {
+          const __m512 qp = _mm512_maskz_loadu_ps(m[v], q + r * ldq + x + 16 * v);
+          for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(qp, kp[c][v], acc[r][c]);  // s += q . k
+        }
     }
     for (int r = 0; r < R; ++r) {
       if constexpr (C == 4)
@@ -187,11 +196,14 @@ struct RowProductsNarrow {
     for (; j < keys; ++j) scores_block<R, 1>(s + j, lds, q, ldq, k.from(j), depth);
   }
 
-  // R rows x C vectors of columns [x0, x0 + 16 C): the accumulators stay in registers across all keys, and each
-  // key's value vectors are loaded (and widened) once for the R rows.
+  // R rows x C vectors of columns [x0, x0 + 16 C) (C a multiple of the Source's vectors per load): the
+  // accumulators stay in registers across all keys, and each key's value vectors are loaded (and widened) once for
+  // the R rows.
   template <int R, int C>
   ATTEND_TARGET_AVX512 static void accumulate_block(float* acc, Index lda, const float* p, Index ldp, const Source& v,
                                                     Index x0, Index keys, Index cols) {
+    constexpr int V = Source::kVectors;
+    static_assert(C % V == 0, "whole loads of the source");
     __mmask16 m[C];
     for (int c = 0; c < C; ++c) m[c] = lanes(cols - 16 * c);
     __m512 a[R][C];
@@ -199,7 +211,7 @@ struct RowProductsNarrow {
       for (int c = 0; c < C; ++c) a[r][c] = _mm512_maskz_loadu_ps(m[c], acc + r * lda + 16 * c);
     for (Index j = 0; j < keys; ++j) {
       __m512 vp[C];
-      for (int c = 0; c < C; ++c) vp[c] = v.load(j, x0 + 16 * c, m[c]);
+      for (int c = 0; c < C; c += V) v.load(j, x0 + 16 * c, m + c, vp + c);
       for (int r = 0; r < R; ++r) {
         const __m512 w = _mm512_set1_ps(p[r * ldp + j]);
         for (int c = 0; c < C; ++c) a[r][c] = _mm512_fmadd_ps(w, vp[c], a[r][c]);  // acc += p v
@@ -212,9 +224,10 @@ struct RowProductsNarrow {
   template <int R>
   ATTEND_TARGET_AVX512 static void accumulate_rows(float* acc, Index lda, const float* p, Index ldp, const Source& v,
                                                    Index keys, Index cols) {
+    constexpr int V = Source::kVectors;
     Index x = 0;
     for (; x + 64 <= cols; x += 64) accumulate_block<R, 4>(acc + x, lda, p, ldp, v, x, keys, 64);
-    for (; x < cols; x += 16) accumulate_block<R, 1>(acc + x, lda, p, ldp, v, x, keys, cols - x);
+    for (; x < cols; x += 16 * V) accumulate_block<R, V>(acc + x, lda, p, ldp, v, x, keys, cols - x);
   }
 };
 
