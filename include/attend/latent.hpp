@@ -134,7 +134,8 @@ struct MultiHeadLatentAttention {
     Matrix<T> out_latent(xe.rows(), h_count * r);
     Matrix<T> lse(xe.rows(), h_count);
     const detail::ConstRowsRef<T> qe(q_latent);
-    const detail::ConstRowsRef<S> ke(cache.entries()), ve(cache.latent());
+    const auto ke = cache.entries();  // the cache's rows as the kernel reads them (rows of S, or q8 rows)
+    const auto ve = cache.latent();
     detail::attention(detail::make_problem(qe, ke, ve, nullptr, Heads{c.heads, 1}, scaled(options)), out_latent, &lse);
     return absorbed_output(out_latent, lse);
   }

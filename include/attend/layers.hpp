@@ -59,7 +59,7 @@ struct MultiHeadAttention {
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
     const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
-    return attend_heads<T>(project(q_proj, xe), project(k_proj, xe), project(v_proj, xe), options);
+    return attend_heads(project(q_proj, xe), rows(project(k_proj, xe)), rows(project(v_proj, xe)), options);
   }
 
   /// Cross-attention: queries from x, keys and values from `context` (another sequence, S rows).
@@ -74,7 +74,7 @@ struct MultiHeadAttention {
     check(fn, x, options);
     detail::check_input(fn, "context", context, d_model);
     const detail::ConstRowsRef<T> ce(context.derived());
-    return attend_heads<T>(project(q_proj, x), project(k_proj, ce), project(v_proj, ce), options);
+    return attend_heads(project(q_proj, x), rows(project(k_proj, ce)), rows(project(v_proj, ce)), options);
   }
 
   /// Incremental decoding: appends the n new tokens' keys and values to `cache`, then attends the new queries
@@ -96,7 +96,7 @@ struct MultiHeadAttention {
     cache.check_widths(fn, kv_width, kv_width);
     const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
     cache.append(project(k_proj, xe), project(v_proj, xe));
-    return attend_heads<S>(project(q_proj, xe), cache.keys(), cache.values(), options);
+    return attend_heads(project(q_proj, xe), cache.keys(), cache.values(), options);
   }
 
   /// Continuous batching: rows [x_offsets[b], x_offsets[b+1]) of x are new tokens of sequence seqs[b] of `cache`;
@@ -149,14 +149,17 @@ struct MultiHeadAttention {
     detail::check_options<T>(fn, options, heads);
   }
 
+  /// A projection's rows as the kernel's view (the temporary lives to the end of the full expression).
+  static detail::ConstRowsRef<T> rows(const Matrix<T>& m) { return detail::ConstRowsRef<T>(m); }
+
   template <class Derived>
   static Matrix<T> project(const Linear<T>& lin, const Eigen::MatrixBase<Derived>& x) {
     return detail::linear(lin.weight, lin.bias, x);
   }
 
-  template <class S>
-  Matrix<T> attend_heads(const detail::ConstRowsRef<T>& q, const detail::ConstRowsRef<S>& k,
-                         const detail::ConstRowsRef<S>& v, const Options& options) const {
+  /// The kernel on the heads: k and v views of any storage the kernel reads (rows of T or S, q8 rows).
+  template <class View>
+  Matrix<T> attend_heads(const detail::ConstRowsRef<T>& q, const View& k, const View& v, const Options& options) const {
     Matrix<T> heads_out(q.rows(), Index(heads) * head_dim);
     detail::attention(detail::make_problem(q, k, v, nullptr, Heads{heads, kv_heads}, options), heads_out, nullptr);
     return detail::linear(o_proj.weight, o_proj.bias, heads_out);

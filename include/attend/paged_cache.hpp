@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "attend/detail/checks.hpp"
+#include "attend/detail/group_keys.hpp"
 #include "attend/detail/page_store.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/detail/schedule_ragged.hpp"
@@ -230,8 +231,8 @@ class PagedKVCache {
     std::vector<detail::GroupKeys<S>> keys;
     keys.reserve(static_cast<std::size_t>(groups));
     for (Index g = 0; g < groups; ++g)
-      keys.emplace_back(store_.pages(seq), pr, store_.length(seq), d, g * d, key_width_, dv, pr * key_width_ + g * dv,
-                        value_width_);
+      keys.emplace_back(store_.pages(seq), pr, store_.length(seq), detail::RunRows<S>{nullptr, g * d, key_width_, d},
+                        detail::RunRows<S>{nullptr, pr * key_width_ + g * dv, value_width_, dv});
     return keys;
   }
 
@@ -354,7 +355,8 @@ class PagedLatentCache {
   std::vector<detail::GroupKeys<S>> paged_keys(int seq, Index groups = 1) const {
     (void)groups;
     const Index w = latent_ + rope_;
-    return {detail::GroupKeys<S>(store_.pages(seq), store_.page_rows(), store_.length(seq), w, 0, w, latent_, 0, w)};
+    return {detail::GroupKeys<S>(store_.pages(seq), store_.page_rows(), store_.length(seq),
+                                 detail::RunRows<S>{nullptr, 0, w, w}, detail::RunRows<S>{nullptr, 0, w, latent_})};
   }
 
  private:

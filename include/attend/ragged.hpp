@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "attend/detail/checks.hpp"
+#include "attend/detail/group_keys.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/detail/schedule_ragged.hpp"
 #include "attend/detail/tiles.hpp"

@@ -54,8 +54,9 @@ inline std::ostream& operator<<(std::ostream& os, const Shape& s) {
   return os << '[' << s.rows << ", " << s.cols << ']';
 }
 
-template <class Derived>
-Shape shape_of(const Eigen::EigenBase<Derived>& m) {
+/// The shape of anything with rows() and cols(): Eigen expressions, Q8Matrix.
+template <class M>
+Shape shape_of(const M& m) {
   return {m.rows(), m.cols()};
 }
 

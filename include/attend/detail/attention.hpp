@@ -28,6 +28,7 @@
 /// thread, never the Lq x Lk score matrix. The decomposition into tasks depends only on the shapes, and every task
 /// writes its own rows, so results are bitwise identical for any number of threads.
 
+#include "attend/detail/group_keys.hpp"
 #include "attend/detail/plan.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/detail/schedule_decode.hpp"

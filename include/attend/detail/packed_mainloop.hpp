@@ -21,6 +21,7 @@
 
 #include "attend/detail/assert.hpp"
 #include "attend/detail/finite.hpp"
+#include "attend/detail/group_keys.hpp"
 #include "attend/detail/online_softmax.hpp"
 #include "attend/detail/packed_gemm.hpp"
 #include "attend/detail/problem.hpp"
@@ -50,7 +51,7 @@ void pack_key_rows(C* k, C* v, const GroupKeys<S>& kv, Index kt, Index tk, Matri
       // A panel across runs: its keys gathered row by row.
       b = std::min(end, a + Gemm::nr);
       room(b - a);
-      for (Index j = a; j < b; ++j) scratch.row(j - a).head(d) = kv.keys(j, j + 1).template cast<C>();
+      for (Index j = a; j < b; ++j) copy_rows(kv.keys(j, j + 1), 0, 1, scratch, j - a);
       Gemm::pack_rhs_transposed(k + (a - kt) * d, scratch.data(), scratch.outerStride(), b - a, d);
     } else {
       if (b < end) b = a + (b - a) / Gemm::nr * Gemm::nr;  // whole panels; the run's last keys go with the next
@@ -251,14 +252,18 @@ class PackedTile {
     });
 
     // O += P V. Zero weights times non-finite values would poison the row: see finite.hpp.
-    if ((cut_by_mask || transform_.has_bias()) && !values_finite(kv_, kt, kt + tk)) {
-      Gemm::for_each_panel(rows, [&](Index i, Index h) {
-        for (Index r = 0; r < h; ++r)
-          for (Index j = 0; j < tk; ++j) {
-            const C w = s[i * tk + j * h + r];
-            if (w != C(0)) ws_.acc_cols.row(r0 + i + r) += w * kv_.values(kt + j, kt + j + 1).template cast<C>();
-          }
-      });
+    bool skip_zero_weights = false;
+    if constexpr (!is_q8<S>)  // q8 values are finite: no weight is ever skipped for them
+      skip_zero_weights = (cut_by_mask || transform_.has_bias()) && !values_finite(kv_, kt, kt + tk);
+    if (skip_zero_weights) {
+      if constexpr (!is_q8<S>)
+        Gemm::for_each_panel(rows, [&](Index i, Index h) {
+          for (Index r = 0; r < h; ++r)
+            for (Index j = 0; j < tk; ++j) {
+              const C w = s[i * tk + j * h + r];
+              if (w != C(0)) ws_.acc_cols.row(r0 + i + r) += w * kv_.values(kt + j, kt + j + 1).template cast<C>();
+            }
+        });
     } else {
       Gemm::multiply_add(ws_.acc_cols.data() + r0, ws_.acc_cols.rows(), s, v, rows, tk, dv, v_stride, v_offset);
     }

@@ -19,11 +19,12 @@
 
 #include "attend/detail/assert.hpp"
 #include "attend/detail/finite.hpp"
+#include "attend/detail/group_keys.hpp"
 #include "attend/detail/online_softmax.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/detail/query_tile.hpp"
 #include "attend/detail/row_products.hpp"
-#include "attend/detail/row_products16.hpp"
+#include "attend/detail/row_products_narrow.hpp"
 #include "attend/detail/score_transform.hpp"
 #include "attend/shapes.hpp"
 
@@ -52,7 +53,7 @@ struct RowsWorkspace {
 
 /// One query tile through the rows mainloop: the constructor, absorb() key tiles in increasing order, finish().
 /// Keys and values stored in 16 bits are converted to C a few key rows at a time as they are read, or read in
-/// their storage by detail::RowProducts16 where the CPU can.
+/// their storage by detail::RowProductsNarrow where the CPU can (as are 8-bit ones).
 template <class T, class S = T>
 class RowsTile {
  public:
@@ -63,7 +64,7 @@ class RowsTile {
     const Index rows = tile_.rows();
     ATTEND_DASSERT(rows <= ws.q.rows(), "the tile's rows fit the rows workspace");
     ATTEND_DASSERT((std::is_same_v<C, S> || ws.k_rows.rows() == ws.scores.cols()),
-                   "a workspace for 16-bit keys holds a converted key tile");
+                   "a workspace for narrow keys holds a converted key tile");
     tile_.load_queries(ws.q);
     ws.max.head(rows).setConstant(-std::numeric_limits<C>::infinity());
     ws.sum.head(rows).setZero();
@@ -124,14 +125,14 @@ class RowsTile {
     kv_.for_each_run(j0, j1, [&](Index a, Index b) {
       C* s = &ws_.scores(0, a - kt_);
 #if defined(ATTEND_X86_DISPATCH)
-      if constexpr (is_16bit<S>)
-        if (RowProducts16<S>::available()) {
-          const auto k = kv_.keys(a, b);
+      if constexpr (is_16bit<S> || is_q8<S>)
+        if (narrow_products_available()) {
+          using Products = RowProductsNarrow<decltype(narrow_rows(kv_.keys(a, b), 0))>;
           // The tile's next key rows, as far as they lie in the run that follows.
           const Index ahead = b < kt_ + tk_ ? std::min({b - a, kt_ + tk_ - b, kv_.run_end(b) - b}) : 0;
-          if (ahead > 0) RowProducts16<S>::prefetch(kv_.key_row(b), kv_.key_stride(), ahead, kv_.key_cols());
-          RowProducts16<S>::scores(s, ws_.scores.outerStride(), q.data(), q.outerStride(), rows, k.data(),
-                                   k.outerStride(), b - a, tile_.problem().d);
+          if (ahead > 0) Products::prefetch(narrow_rows(kv_.keys(b, b + ahead), 0), ahead, kv_.key_cols());
+          Products::scores(s, ws_.scores.outerStride(), q.data(), q.outerStride(), rows, narrow_rows(kv_.keys(a, b), 0),
+                           b - a, tile_.problem().d);
           return;
         }
 #endif
@@ -174,23 +175,25 @@ class RowsTile {
     if (rows == 0) return;
     auto acc = ws_.acc.middleRows(r0, rows);
     const Index ldp = ws_.scores.outerStride(), dv = tile_.problem().dv;
-    if (skip_zero_weights_) {
-      const C* p = &ws_.scores(0, j0 - kt_);
-      for (Index r = 0; r < rows; ++r)
-        for (Index j = 0; j < j1 - j0; ++j)
-          if (p[r * ldp + j] != C(0)) acc.row(r) += p[r * ldp + j] * kv_.values(j0 + j, j0 + j + 1).template cast<C>();
-      return;
-    }
+    if constexpr (!is_q8<S>)  // q8 values are finite: no weight is ever skipped for them
+      if (skip_zero_weights_) {
+        const C* p = &ws_.scores(0, j0 - kt_);
+        for (Index r = 0; r < rows; ++r)
+          for (Index j = 0; j < j1 - j0; ++j)
+            if (p[r * ldp + j] != C(0))
+              acc.row(r) += p[r * ldp + j] * kv_.values(j0 + j, j0 + j + 1).template cast<C>();
+        return;
+      }
     kv_.for_each_run(j0, j1, [&](Index a, Index b) {
       const C* p = &ws_.scores(0, a - kt_);
 #if defined(ATTEND_X86_DISPATCH)
-      if constexpr (is_16bit<S>)
-        if (RowProducts16<S>::available()) {
-          const auto v = kv_.values(a, b);
+      if constexpr (is_16bit<S> || is_q8<S>)
+        if (narrow_products_available()) {
+          using Products = RowProductsNarrow<decltype(narrow_rows(kv_.values(a, b), 0))>;
           const Index ahead = b < kt_ + tk_ ? std::min({b - a, kt_ + tk_ - b, kv_.run_end(b) - b}) : 0;
-          if (ahead > 0) RowProducts16<S>::prefetch(kv_.value_row(b), kv_.value_stride(), ahead, kv_.value_cols());
-          RowProducts16<S>::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, v.data(), v.outerStride(), b - a,
-                                       dv);
+          if (ahead > 0) Products::prefetch(narrow_rows(kv_.values(b, b + ahead), 0), ahead, kv_.value_cols());
+          Products::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, narrow_rows(kv_.values(a, b), 0), b - a,
+                               dv);
           return;
         }
 #endif

@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "attend/detail/group_keys.hpp"
 #include "attend/detail/merge.hpp"
 #include "attend/detail/packed_mainloop.hpp"
 #include "attend/detail/plan.hpp"

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "attend/detail/cpu.hpp"
+#include "attend/detail/group_keys.hpp"
 #include "attend/detail/key_tiles.hpp"
 #include "attend/detail/packed_mainloop.hpp"
 #include "attend/detail/plan.hpp"

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "attend/detail/assert.hpp"
+#include "attend/detail/group_keys.hpp"
 #include "attend/detail/plan.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/detail/schedule_decode.hpp"

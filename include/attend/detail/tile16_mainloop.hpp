@@ -24,6 +24,7 @@
 
 #include "attend/detail/assert.hpp"
 #include "attend/detail/cpu.hpp"
+#include "attend/detail/group_keys.hpp"
 #include "attend/detail/online_softmax.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/detail/query_tile.hpp"

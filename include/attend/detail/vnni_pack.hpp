@@ -19,6 +19,7 @@
 #include <new>
 #include <vector>
 
+#include "attend/detail/group_keys.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/shapes.hpp"
 
