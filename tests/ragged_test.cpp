@@ -1,7 +1,8 @@
 // Ragged batches: multi_head_attention(q, k, v, Ragged, heads, options) against the same kernel on each sequence's
 // rows alone (bitwise, as documented, and within 1e-5 / 1e-12 relative), against the double reference, over
 // random batches with empty sequences, one-token sequences, Lq > Lk under causal masks, windows, GQA and MQA,
-// sinks, ALiBi, softcaps and 16-bit storage; 1 and 2 threads bit for bit; small tiles through the kernel seam.
+// sinks, ALiBi, softcaps, 16-bit and 8-bit (q8) storage; 1 and 2 threads bit for bit; small tiles through the kernel
+// seam.
 #include <gtest/gtest.h>
 
 #include <attend/attend.hpp>
@@ -192,6 +193,70 @@ TYPED_TEST(RaggedKernel, SmallTilesGiveEachSequenceTheBitsOfItsOwnCall) {
       EXPECT_TRUE(bitwise_equal(Matrix<T>(out.middleRows(q0, lq)), alone))
           << "case " << i << describe(r) << " seq " << b;
       EXPECT_TRUE(bitwise_equal(Matrix<C>(lse.middleRows(q0, lq)), alone_lse)) << "case " << i << " seq " << b;
+    }
+  }
+}
+
+// 8-bit keys and values (Q8Matrix) under float queries: each sequence bitwise the q8 call on its rows alone (q8 rows
+// are quantized row by row, so a sequence's rows of quantize_q8(k) are quantize_q8 of its rows of k), with the
+// default tiles and with tiny ones through the kernel seam.
+TEST(RaggedQ8, EachSequenceEqualsTheQ8CallOnItsRowsAlone) {
+  std::mt19937 rng(1607);
+  const std::vector<Heads> heads = {{8, 2}, {4, 4}, {6, 1}};
+  for (int i = 0; i < 12; ++i) {
+    const Heads h = heads[static_cast<std::size_t>(i) % heads.size()];
+    const Index d = i % 2 ? 32 : 64;
+    const Ragged r = random_batch(rng, 1 + i % 7, {0, 1, 1, 2, 7, 40, 90}, {0, 1, 3, 7, 40, 300, 700, 1300});
+    const Options o = options_of(i, h.query);
+    const Matrix<float> q = random_matrix<float>(r.q_offsets.back(), h.query * d, rng);
+    const Matrix<float> k = random_matrix<float>(r.kv_offsets.back(), h.kv * d, rng);
+    const Matrix<float> v = random_matrix<float>(r.kv_offsets.back(), h.kv * d, rng);
+    const attend::Q8Matrix k8 = attend::quantize_q8(k), v8 = attend::quantize_q8(v);
+    const auto got = attend::multi_head_attention_with_lse(q, k8, v8, r, h, o);
+    EXPECT_TRUE(bitwise_equal(got.out, attend::multi_head_attention(q, k8, v8, r, h, o)));
+    Matrix<float> into(q.rows(), h.query * d);
+    attend::multi_head_attention_into(q, k8, v8, r, h, into, o);
+    EXPECT_TRUE(bitwise_equal(got.out, into));
+    for (std::size_t b = 0; b + 1 < r.q_offsets.size(); ++b) {
+      const Index q0 = r.q_offsets[b], lq = r.q_offsets[b + 1] - q0, k0 = r.kv_offsets[b];
+      const Index lk = r.kv_offsets[b + 1] - k0;
+      if (lq == 0) continue;
+      const auto alone = attend::multi_head_attention_with_lse(
+          Matrix<float>(q.middleRows(q0, lq)), attend::quantize_q8(Matrix<float>(k.middleRows(k0, lk))),
+          attend::quantize_q8(Matrix<float>(v.middleRows(k0, lk))), h, o);
+      EXPECT_TRUE(bitwise_equal(Matrix<float>(got.out.middleRows(q0, lq)), alone.out))
+          << "case " << i << describe(r) << " seq " << b;
+      EXPECT_TRUE(bitwise_equal(Matrix<float>(got.lse.middleRows(q0, lq)), alone.lse)) << "case " << i << " seq " << b;
+    }
+  }
+}
+
+TEST(RaggedQ8, SmallTilesGiveEachSequenceTheBitsOfItsOwnCall) {
+  std::mt19937 rng(1608);
+  const auto tiles = attend_test::tiles().with_queries(4).with_keys(8).with_decode_chunk(16).with_cut_keys(4);
+  for (int i = 0; i < 10; ++i) {
+    const Heads h = i % 3 == 0 ? Heads{2, 1} : Heads{4, 2};
+    const Ragged r = random_batch(rng, 1 + i % 5, {0, 1, 2, 3, 9, 20}, {0, 1, 5, 9, 33, 70});
+    const Options o = options_of(i, h.query);
+    const Matrix<float> q = random_matrix<float>(r.q_offsets.back(), h.query * 32, rng);
+    const attend::Q8Matrix k = attend::quantize_q8(random_matrix<float>(r.kv_offsets.back(), h.kv * 32, rng));
+    const attend::Q8Matrix v = attend::quantize_q8(random_matrix<float>(r.kv_offsets.back(), h.kv * 32, rng));
+    Matrix<float> out(q.rows(), h.query * 32), lse(q.rows(), h.query);
+    const attend::detail::ConstRowsRef<float> qr(q);
+    attend::detail::ragged_attention(qr, attend::detail::q8_rows(k), attend::detail::q8_rows(v), r, h, o, out, &lse,
+                                     tiles);
+    for (std::size_t b = 0; b + 1 < r.q_offsets.size(); ++b) {
+      const Index q0 = r.q_offsets[b], lq = r.q_offsets[b + 1] - q0, k0 = r.kv_offsets[b];
+      const Index lk = r.kv_offsets[b + 1] - k0;
+      if (lq == 0) continue;
+      const Matrix<float> qb = q.middleRows(q0, lq);
+      const attend::detail::ConstRowsRef<float> qbr(qb);
+      const auto kb = attend::detail::q8_rows(k).middleRows(k0, lk), vb = attend::detail::q8_rows(v).middleRows(k0, lk);
+      Matrix<float> alone(lq, h.query * 32), alone_lse(lq, h.query);
+      attend::detail::attention(attend::detail::make_problem(qbr, kb, vb, nullptr, h, o), alone, &alone_lse, tiles);
+      EXPECT_TRUE(bitwise_equal(Matrix<float>(out.middleRows(q0, lq)), alone))
+          << "case " << i << describe(r) << " seq " << b;
+      EXPECT_TRUE(bitwise_equal(Matrix<float>(lse.middleRows(q0, lq)), alone_lse)) << "case " << i << " seq " << b;
     }
   }
 }

@@ -5,15 +5,19 @@
 /// own keys, all of them in one call of the kernel (detail/schedule_ragged.hpp).
 
 #include <deque>
+#include <type_traits>
 #include <vector>
 
 #include "attend/detail/checks.hpp"
 #include "attend/detail/group_keys.hpp"
 #include "attend/detail/problem.hpp"
+#include "attend/detail/q8_rows.hpp"
 #include "attend/detail/schedule_ragged.hpp"
 #include "attend/detail/tiles.hpp"
 #include "attend/errors.hpp"
 #include "attend/options.hpp"
+#include "attend/quantized.hpp"
+#include "attend/quantized_attention.hpp"
 #include "attend/result.hpp"
 #include "attend/shapes.hpp"
 
@@ -53,15 +57,17 @@ inline void check_ragged(const char* fn, const Ragged& ragged, Index tq, Index t
 }
 
 /// Ragged attention of validated arguments into `out` [Tq, H*dv] and, when not null, `lse` [Tq, H]: a Problem per
-/// sequence whose views are its rows of q, k and v, all of them through the ragged schedule.
-template <class T, class S>
-void ragged_attention(const ConstRowsRef<T>& q, const ConstRowsRef<S>& k, const ConstRowsRef<S>& v, const Ragged& batch,
-                      Heads heads, const Options& options, RowsRef<typename type_identity<T>::type> out,
+/// sequence whose views are its rows of q, k and v (k and v views of any storage the kernel reads: rows of S, or q8
+/// rows), all of them through the ragged schedule.
+template <class T, class View>
+void ragged_attention(const ConstRowsRef<T>& q, const View& k, const View& v, const Ragged& batch, Heads heads,
+                      const Options& options, RowsRef<typename type_identity<T>::type> out,
                       Matrix<accumulator_t<T>>* lse, const Tiles& tiles = Tiles()) {
+  using S = typename storage_of<View>::type;
   const std::size_t count = batch.q_offsets.size() - 1;
   // The problems refer to their views: a deque keeps every view where it is as more are added.
   std::deque<ConstRowsRef<T>> qs;
-  std::deque<ConstRowsRef<S>> ks, vs;
+  std::deque<View> ks, vs;
   std::vector<RaggedSequence<T, S>> seqs;
   seqs.reserve(count);
   for (std::size_t b = 0; b < count; ++b) {
@@ -82,6 +88,24 @@ void ragged_attention(const ConstRowsRef<T>& q, const ConstRowsRef<S>& k, const 
     seqs.push_back(RaggedSequence<T, S>{std::move(pb), std::move(keys), q0});
   }
   ragged(seqs, tiles, out, lse);
+}
+
+/// Ragged attention of validated float q over Q8Matrix keys and values into `out` [Tq, H*dv] and, when not null,
+/// `lse` [Tq, H].
+template <class DQ>
+void ragged_q8(const Eigen::MatrixBase<DQ>& q, const Q8Matrix& k, const Q8Matrix& v, const Ragged& ragged, Heads heads,
+               const Options& options, RowsRef<float> out, Matrix<float>* lse) {
+  static_assert(std::is_same_v<typename DQ::Scalar, float>, ATTEND_DETAIL_MIXED_SCALARS);
+  const ConstRowsRef<float> qe(q.derived());
+  ragged_attention(qe, q8_rows(k), q8_rows(v), ragged, heads, options, out, lse);
+}
+
+/// Throws as the q8 ragged calls named `fn` do, before any work.
+template <class DQ>
+void check_ragged_q8(const char* fn, const Eigen::MatrixBase<DQ>& q, const Q8Matrix& k, const Q8Matrix& v,
+                     const Ragged& ragged, Heads heads, const Options& options) {
+  check_q8_heads(fn, q, k, v, heads, options);
+  check_ragged(fn, ragged, q.rows(), k.rows());
 }
 
 }  // namespace detail
@@ -158,6 +182,48 @@ AttentionResult<typename DQ::Scalar> multi_head_attention_with_lse(const Eigen::
   AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols() / heads.kv * heads.query),
                        Matrix<accumulator_t<T>>(qe.rows(), heads.query)};
   detail::ragged_attention(qe, ke, ve, ragged, heads, options, r.out, &r.lse);
+  return r;
+}
+
+/// multi_head_attention() over a ragged batch of 8-bit keys and values (Q8Matrix) under float queries: each
+/// sequence's rows are bitwise those of the q8 multi_head_attention() on its rows alone.
+///
+/// **Shapes:** float (Tq,H*d) x q8 (Tk,G*d) x q8 (Tk,G*dv), B+1 offsets into each => (Tq,H*dv); d and dv multiples
+/// of 32
+/// \throws attend::shape_error as the q8 multi_head_attention(), and for offsets as the ragged one.
+template <class DQ>
+Matrix<float> multi_head_attention(const Eigen::MatrixBase<DQ>& q, const Q8Matrix& k, const Q8Matrix& v,
+                                   const Ragged& ragged, Heads heads, const Options& options = {}) {
+  constexpr const char* fn = "multi_head_attention";
+  detail::check_ragged_q8(fn, q, k, v, ragged, heads, options);
+  Matrix<float> out(q.rows(), v.cols() / heads.kv * heads.query);
+  detail::ragged_q8(q, k, v, ragged, heads, options, out, nullptr);
+  return out;
+}
+
+/// The q8 ragged multi_head_attention() into a preallocated `out` [Tq, H*dv].
+/// \throws attend::shape_error as the q8 ragged multi_head_attention(), and when out has another shape.
+template <class DQ>
+void multi_head_attention_into(const Eigen::MatrixBase<DQ>& q, const Q8Matrix& k, const Q8Matrix& v,
+                               const Ragged& ragged, Heads heads, detail::RowsRef<float> out,
+                               const Options& options = {}) {
+  constexpr const char* fn = "multi_head_attention_into";
+  detail::check_ragged_q8(fn, q, k, v, ragged, heads, options);
+  detail::check_output(fn, out, q.rows(), v.cols() / heads.kv * heads.query);
+  detail::ragged_q8(q, k, v, ragged, heads, options, out, nullptr);
+}
+
+/// The q8 ragged multi_head_attention() with each row's log-sum-exp per query head.
+/// \throws attend::shape_error as the q8 ragged multi_head_attention().
+template <class DQ>
+AttentionResult<float> multi_head_attention_with_lse(const Eigen::MatrixBase<DQ>& q, const Q8Matrix& k,
+                                                     const Q8Matrix& v, const Ragged& ragged, Heads heads,
+                                                     const Options& options = {}) {
+  constexpr const char* fn = "multi_head_attention_with_lse";
+  detail::check_ragged_q8(fn, q, k, v, ragged, heads, options);
+  AttentionResult<float> r{Matrix<float>(q.rows(), v.cols() / heads.kv * heads.query),
+                           Matrix<float>(q.rows(), heads.query)};
+  detail::ragged_q8(q, k, v, ragged, heads, options, r.out, &r.lse);
   return r;
 }
 
