@@ -12,10 +12,6 @@
 #include <utility>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 #include "attend/detail/attention.hpp"
 #include "attend/detail/checks.hpp"
 #include "attend/detail/merge.hpp"
@@ -80,16 +76,17 @@ class RingWorkspace {
 
 /// How ring_attention() cuts its queries into kernel calls while a key/value block is in flight. The ring polls
 /// MPI (MPI_Testall) between calls so that the exchange progresses while it computes: most MPI transports start
-/// or advance a large message only inside MPI calls. A call ("slab") is about `slab_work` multiply-adds per
-/// thread, but never fewer than `slab_min_rows` query rows, so a poll comes at least that often or after one
-/// such slab, whichever is longer. The last step, with nothing in flight, computes whole pieces. The defaults
-/// suit real sizes; tests and benchmarks pass small values to cut even small problems into many calls.
-/// Results depend on the tuning only in rounding (the merge order of the slabs' parts); ranks may pass
-/// different tunings.
+/// or advance a large message only inside MPI calls. A call ("slab") is about `slab_work` multiply-adds, but
+/// never fewer than `slab_min_rows` query rows, so a poll comes at least that often or after one such slab,
+/// whichever is longer. The last step, with nothing in flight, computes whole pieces. The slabs depend on the
+/// shapes and the tuning alone, never on the thread count, so results are bitwise identical for any number of
+/// OpenMP threads per rank. The defaults suit real sizes; tests and benchmarks pass small values to cut even
+/// small problems into many calls. Results depend on the tuning only in rounding (each slab is its own kernel
+/// call, whose tiles and merge order follow the slab); ranks may pass different tunings.
 struct RingTuning {
-  /// Multiply-adds per thread of one call: 2^25 is a few milliseconds. Not positive (or NaN): as small as
+  /// Multiply-adds of one call: 2^26 is about a millisecond on two cores. Not positive (or NaN): as small as
   /// slab_min_rows allows.
-  double slab_work = double(1 << 25);
+  double slab_work = double(1 << 26);
   /// Fewest query rows (positions) of one call; 0 or less: those that fill one 256-row kernel tile,
   /// 256 / (H/G) (fewer rows slow the kernel down).
   Index slab_min_rows = 0;
@@ -110,16 +107,13 @@ inline bool pieces_interact(const Mask& mask, RowRange q, RowRange k) {
 }
 
 /// Query rows per kernel call while a transfer is in flight (RingTuning), for blocks of at most `key_rows`
-/// rows. More than key_rows would make no difference: no piece is longer.
+/// rows: a function of the shapes and the tuning only (the thread count would move the slab boundaries, and with
+/// them the rounding). More than key_rows would make no difference: no piece is longer.
 inline Index ring_slab_rows(Index key_rows, Heads heads, Index d_plus_dv, const RingTuning& tuning) {
-  int threads = 1;
-#if defined(_OPENMP)
-  threads = omp_get_max_threads();
-#endif
   const Index min_rows = tuning.slab_min_rows > 0 ? tuning.slab_min_rows : std::max(1, 256 / (heads.query / heads.kv));
   const double work = tuning.slab_work > 0 ? tuning.slab_work : 0;
   const double per_row = std::max(1.0, double(key_rows) * double(heads.query) * double(d_plus_dv));
-  const double rows = std::min(work * threads / per_row, double(std::max<Index>(1, key_rows)));
+  const double rows = std::min(work / per_row, double(std::max<Index>(1, key_rows)));
   return std::max<Index>(min_rows, static_cast<Index>(rows));
 }
 
