@@ -7,6 +7,7 @@
 #include <Eigen/SVD>
 #include <algorithm>
 
+#include "attend/detail/threads.hpp"
 #include "attend/errors.hpp"
 #include "attend/latent.hpp"
 #include "attend/layers.hpp"
@@ -62,6 +63,23 @@ Eigen::MatrixXd stacked_kv_weights(const MultiHeadAttention<T>& mha) {
   return w;
 }
 
+/// The SVD of stacked_kv_weights(mha) (`options`: which singular vectors), computed on one thread: Eigen's products
+/// inside it would otherwise start threads of their own and cut their work by the thread count (see
+/// detail::product()), so the result would depend on it.
+template <class T>
+Eigen::BDCSVD<Eigen::MatrixXd> kv_svd(const MultiHeadAttention<T>& mha, unsigned int options) {
+  const Eigen::MatrixXd w = stacked_kv_weights(mha);
+  Eigen::BDCSVD<Eigen::MatrixXd> svd;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(1)
+#endif
+  {
+    keep_tile_products_serial();
+    svd.compute(w, options);
+  }
+  return svd;
+}
+
 }  // namespace detail
 
 /// Singular values, largest first, of the per-head interleaved [W_k; W_v] that to_latent() factorizes: how much
@@ -71,7 +89,7 @@ Eigen::MatrixXd stacked_kv_weights(const MultiHeadAttention<T>& mha) {
 template <class T>
 Eigen::VectorXd kv_singular_values(const MultiHeadAttention<T>& mha) {
   mha.check_weights("kv_singular_values");
-  return Eigen::BDCSVD<Eigen::MatrixXd>(detail::stacked_kv_weights(mha)).singularValues();
+  return detail::kv_svd(mha, 0).singularValues();
 }
 
 /// An MLA layer equivalent to `mha` up to a rank-`kv_lora_rank` approximation of its keys and values:
@@ -104,7 +122,7 @@ MultiHeadLatentAttention<T> to_latent(const MultiHeadAttention<T>& mha, int kv_l
   mla.q_proj = mha.q_proj;
   mla.o_proj = mha.o_proj;
 
-  const Eigen::BDCSVD<Eigen::MatrixXd> svd(detail::stacked_kv_weights(mha), Eigen::ComputeThinU | Eigen::ComputeThinV);
+  const Eigen::BDCSVD<Eigen::MatrixXd> svd = detail::kv_svd(mha, Eigen::ComputeThinU | Eigen::ComputeThinV);
   const Index r = kv_lora_rank;
   mla.kv_a_proj_with_mqa.weight = svd.matrixV().leftCols(r).transpose().template cast<T>();
   mla.kv_b_proj.weight = (svd.matrixU().leftCols(r) * svd.singularValues().head(r).asDiagonal()).template cast<T>();

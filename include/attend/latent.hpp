@@ -134,8 +134,8 @@ struct MultiHeadLatentAttention {
     // q_nope_h . b to every score of a row, which the softmax cancels (no softcap, checked above).
     Matrix<T> q_latent(xe.rows(), h_count * (r + rope));
     for (Index h = 0; h < h_count; ++h) {
-      q_latent.middleCols(h * (r + rope), r).noalias() =
-          q.middleCols(h * qk, nope) * kv_b_proj.weight.middleRows(h * (nope + dv), nope);
+      detail::product(q_latent.middleCols(h * (r + rope), r), q.middleCols(h * qk, nope),
+                      kv_b_proj.weight.middleRows(h * (nope + dv), nope));
       q_latent.middleCols(h * (r + rope) + r, rope) = q.middleCols(h * qk + nope, rope);
     }
     Matrix<T> out_latent(xe.rows(), h_count * r);
@@ -148,8 +148,8 @@ struct MultiHeadLatentAttention {
     Matrix<T> heads_out(xe.rows(), h_count * dv);
     for (Index h = 0; h < h_count; ++h) {
       const Index v_rows = h * (nope + dv) + nope;
-      heads_out.middleCols(h * dv, dv).noalias() =
-          out_latent.middleCols(h * r, r) * kv_b_proj.weight.middleRows(v_rows, dv).transpose();
+      detail::product(heads_out.middleCols(h * dv, dv), out_latent.middleCols(h * r, r),
+                      kv_b_proj.weight.middleRows(v_rows, dv).transpose());
       if (has_kv_bias)
         for (Index i = 0; i < xe.rows(); ++i)
           if (lse(i, h) != -std::numeric_limits<T>::infinity())

@@ -10,6 +10,7 @@
 #include "attend/detail/checks.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/detail/score_transform.hpp"
+#include "attend/linear.hpp"
 #include "attend/options.hpp"
 #include "attend/result.hpp"
 #include "attend/shapes.hpp"
@@ -107,7 +108,7 @@ Matrix<T> weights(const ConstRowsRef<T>& q, const ConstRowsRef<T>& k, const Cons
   const Problem<T> pb = make_problem(q, k, k, bias, Heads{1, 1}, options);
   const Index lq = q.rows(), lk = k.rows();
   Matrix<T> p(lq, lk);
-  p.noalias() = (q * pb.scale) * k.transpose();  // s = scale * (q . k), the scale on q: one GEMM
+  product(p, q * pb.scale, k.transpose());  // s = (scale q) . k, the scale on q: one GEMM
   ScoreTransform<T>(pb).rows(
       p, 0, [](Index i) { return i; }, [](Index) { return Index(0); });
   for (Index i = 0; i < lq; ++i) {
