@@ -82,7 +82,8 @@ struct MultiHeadLatentAttention {
     const Config& c = config;
     const Index h_count = c.heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, dv = c.v_head_dim;
     const Index r = c.kv_lora_rank, qk = nope + rope;
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
     const Matrix<T> q = queries(xe, 0);
     const Matrix<T> latent = latent_and_rope_key(xe, 0);
     const Matrix<T> kv = detail::linear(kv_b_proj.weight, kv_b_proj.bias, latent.leftCols(r));
@@ -125,7 +126,8 @@ struct MultiHeadLatentAttention {
                        ": the latent cache path cannot absorb a key bias under a softcap (use forward(x))");
     if (x.rows() == 0) return Matrix<T>(0, c.d_model);  // no token to append (see forward(x))
 
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
     const Index start = cache.size();
     const Matrix<T> q = queries(xe, start);
     cache.append(latent_and_rope_key(xe, start), r);

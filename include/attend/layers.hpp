@@ -55,7 +55,8 @@ struct MultiHeadAttention {
     constexpr const char* fn = "MultiHeadAttention::forward";
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
     return attend_heads(project(q_proj, xe), project(k_proj, xe), project(v_proj, xe), options);
   }
 
@@ -70,7 +71,8 @@ struct MultiHeadAttention {
     detail::static_check_scalars<T, Derived, Context>();
     check(fn, x, options);
     detail::check_input(fn, "context", context, d_model);
-    const detail::ConstRowsRef<T> ce(context.derived());
+    Matrix<T> copy;  // see detail::bind_rows
+    const detail::ConstRowsRef<T> ce = detail::bind_rows(context, copy);
     return attend_heads(project(q_proj, x), project(k_proj, ce), project(v_proj, ce), options);
   }
 
@@ -88,7 +90,8 @@ struct MultiHeadAttention {
     check(fn, x, options);
     const Index kv_width = Index(kv_heads) * head_dim;
     cache.check_widths(fn, kv_width, kv_width);
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
     cache.append(project(k_proj, xe), project(v_proj, xe));
     return attend_heads(project(q_proj, xe), cache.keys(), cache.values(), options);
   }

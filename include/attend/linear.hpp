@@ -64,7 +64,8 @@ void product(Dst&& dst, const A& a, const B& b) {
 
 template <class T, class Derived>
 Matrix<T> linear(const Matrix<T>& weight, const Vector<T>& bias, const Eigen::MatrixBase<Derived>& x) {
-  const ConstRowsRef<T> xe(x.derived());  // evaluated once: product() reads it block by block
+  Matrix<T> copy;
+  const ConstRowsRef<T> xe = bind_rows(x, copy);  // evaluated once: product() reads it block by block
   Matrix<T> y(xe.rows(), weight.rows());
   product(y, xe, weight.transpose());
   if (bias.size() != 0) y.rowwise() += bias.transpose();

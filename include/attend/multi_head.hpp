@@ -19,7 +19,8 @@ Matrix<typename DQ::Scalar> multi_head(const char* fn, const Eigen::MatrixBase<D
   using T = typename DQ::Scalar;
   static_check_scalars<T, DK, DV>();
   check_multi_head(fn, q, k, v, heads, options);
-  const ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
+  Matrix<T> copies[3];  // inputs that Eigen::Ref cannot read in place (see bind_rows)
+  const ConstRowsRef<T> qe = bind_rows(q, copies[0]), ke = bind_rows(k, copies[1]), ve = bind_rows(v, copies[2]);
   Matrix<T> out(qe.rows(), ve.cols() / heads.kv * heads.query);
   attention(make_problem<T>(qe, ke, ve, nullptr, heads, options), out, nullptr);
   return out;
@@ -58,7 +59,9 @@ AttentionResult<typename DQ::Scalar> multi_head_attention_with_lse(const Eigen::
   using T = typename DQ::Scalar;
   detail::static_check_scalars<T, DK, DV>();
   detail::check_multi_head("multi_head_attention_with_lse", q, k, v, heads, options);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
+  Matrix<T> copies[3];  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const detail::ConstRowsRef<T> qe = detail::bind_rows(q, copies[0]), ke = detail::bind_rows(k, copies[1]),
+                                ve = detail::bind_rows(v, copies[2]);
   AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols() / heads.kv * heads.query), Matrix<T>(qe.rows(), heads.query)};
   detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, heads, options), r.out, &r.lse);
   return r;
@@ -78,7 +81,9 @@ void multi_head_attention_into(const Eigen::MatrixBase<DQ>& q, const Eigen::Matr
   constexpr const char* fn = "multi_head_attention_into";
   detail::check_multi_head(fn, q, k, v, heads, options);
   detail::check_output(fn, out, q.rows(), v.cols() / heads.kv * heads.query);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
+  Matrix<T> copies[3];  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const detail::ConstRowsRef<T> qe = detail::bind_rows(q, copies[0]), ke = detail::bind_rows(k, copies[1]),
+                                ve = detail::bind_rows(v, copies[2]);
   detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, heads, options), out, nullptr);
 }
 

@@ -34,7 +34,9 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase
   detail::static_check_scalars<T, DK, DV>();
   constexpr const char* fn = "scaled_dot_product_attention";
   detail::check_attention(fn, q, k, v, options);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
+  Matrix<T> copies[3];  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const detail::ConstRowsRef<T> qe = detail::bind_rows(q, copies[0]), ke = detail::bind_rows(k, copies[1]),
+                                ve = detail::bind_rows(v, copies[2]);
   Matrix<T> out(qe.rows(), ve.cols());
   detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, Heads{1, 1}, options), out, nullptr);
   return out;
@@ -55,7 +57,9 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase
   constexpr const char* fn = "scaled_dot_product_attention";
   detail::check_attention(fn, q, k, v, options);
   detail::check_bias(fn, bias, q, k);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived()), be(bias.derived());
+  Matrix<T> copies[4];  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const detail::ConstRowsRef<T> qe = detail::bind_rows(q, copies[0]), ke = detail::bind_rows(k, copies[1]),
+                                ve = detail::bind_rows(v, copies[2]), be = detail::bind_rows(bias, copies[3]);
   Matrix<T> out(qe.rows(), ve.cols());
   detail::attention(detail::make_problem<T>(qe, ke, ve, &be, Heads{1, 1}, options), out, nullptr);
   return out;
@@ -75,7 +79,9 @@ AttentionResult<typename DQ::Scalar> scaled_dot_product_attention_with_lse(const
   using T = typename DQ::Scalar;
   detail::static_check_scalars<T, DK, DV>();
   detail::check_attention("scaled_dot_product_attention_with_lse", q, k, v, options);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
+  Matrix<T> copies[3];  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const detail::ConstRowsRef<T> qe = detail::bind_rows(q, copies[0]), ke = detail::bind_rows(k, copies[1]),
+                                ve = detail::bind_rows(v, copies[2]);
   AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols()), Matrix<T>(qe.rows(), 1)};
   detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, Heads{1, 1}, options), r.out, &r.lse);
   return r;
@@ -96,7 +102,9 @@ void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q, const Eig
   constexpr const char* fn = "scaled_dot_product_attention_into";
   detail::check_attention(fn, q, k, v, options);
   detail::check_output(fn, out, q.rows(), v.cols());
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
+  Matrix<T> copies[3];  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const detail::ConstRowsRef<T> qe = detail::bind_rows(q, copies[0]), ke = detail::bind_rows(k, copies[1]),
+                                ve = detail::bind_rows(v, copies[2]);
   detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, Heads{1, 1}, options), out, nullptr);
 }
 
@@ -135,7 +143,8 @@ Matrix<typename DQ::Scalar> attention_weights(const Eigen::MatrixBase<DQ>& q, co
   detail::static_check_scalars<T, DK>();
   constexpr const char* fn = "attention_weights";
   detail::check_attention(fn, q, k, k, options);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived());
+  Matrix<T> copies[2];  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const detail::ConstRowsRef<T> qe = detail::bind_rows(q, copies[0]), ke = detail::bind_rows(k, copies[1]);
   return detail::weights<T>(qe, ke, nullptr, options);
 }
 
@@ -151,7 +160,9 @@ Matrix<typename DQ::Scalar> attention_weights(const Eigen::MatrixBase<DQ>& q, co
   constexpr const char* fn = "attention_weights";
   detail::check_attention(fn, q, k, k, options);
   detail::check_bias(fn, bias, q, k);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), be(bias.derived());
+  Matrix<T> copies[3];  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const detail::ConstRowsRef<T> qe = detail::bind_rows(q, copies[0]), ke = detail::bind_rows(k, copies[1]),
+                                be = detail::bind_rows(bias, copies[2]);
   return detail::weights<T>(qe, ke, &be, options);
 }
 

@@ -47,13 +47,30 @@ inline constexpr bool is_supported_scalar = std::is_same_v<T, float> || std::is_
 
 /// Read-only view of a row-major matrix with any row stride. Plain row-major matrices, their blocks and
 /// column slices bind without a copy; any other expression (column-major, products, casts) is evaluated
-/// exactly once into the Ref's own storage.
+/// exactly once into the Ref's own storage. Public functions bind their inputs through bind_rows().
 template <class T>
 using ConstRowsRef = Eigen::Ref<const Matrix<T>, 0, Eigen::OuterStride<>>;
 
 /// Writable view of a row-major matrix with any row stride.
 template <class T>
 using RowsRef = Eigen::Ref<Matrix<T>, 0, Eigen::OuterStride<>>;
+
+/// `x` as a ConstRowsRef that reads what Eigen reads. Eigen::Ref takes a runtime stride of 0 for "the default"
+/// (contiguous rows), while a Map with OuterStride<>(0) repeats one row: bound in place it would be read as
+/// rows that are not there (past the end of its memory). Such an `x` is copied into `copy` (Eigen's assignment
+/// reads the zero stride right) and the view is over the copy, so `copy` must outlive the view. Every other layout
+/// Eigen expresses is read by Ref as Eigen reads it: in place (nonzero outer strides, negative ones included,
+/// overlapping rows), or evaluated into the Ref's own storage (column-major, inner strides other than 1).
+template <class T, class Derived>
+ConstRowsRef<T> bind_rows(const Eigen::MatrixBase<Derived>& x, Matrix<T>& copy) {
+  if constexpr (bool(Derived::Flags & Eigen::DirectAccessBit)) {
+    if (x.rows() > 1 && x.cols() > 0 && x.outerStride() == 0) {
+      copy = x;
+      return ConstRowsRef<T>(copy);
+    }
+  }
+  return ConstRowsRef<T>(x.derived());
+}
 
 /// Non-deduced alias: lets `T` come from the other arguments of a function template.
 template <class T>

@@ -206,7 +206,8 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
   const Index lq = q.rows();
   buf[0].topLeftCorner(lq, kc) = k;
   buf[0].block(0, kc, lq, vc) = v;
-  const ConstRowsRef<T> qe(q.derived());
+  Matrix<T> q_copy;
+  const ConstRowsRef<T> qe = bind_rows(q, q_copy);  // see bind_rows
 
   // The result accumulates in place, row by row: a row starts at zero with lse -inf (which merges with a part
   // exactly into that part) and stays so if it never sees a key. Memory: the output plus one slab's part.
