@@ -437,6 +437,20 @@ void add_single_head(Catalogue& c) {
             {p, bo.fragment});
     }
   }
+  // An out whose rows overlap in memory (outer stride below the row length): rows written over each other.
+  c.add("SdpaInto_OutRowsOverlap",
+        [](World& w) {
+          Eigen::Map<M, 0, Eigen::OuterStride<>> out(w.out.data(), 4, 6, Eigen::OuterStride<>(2));
+          attend::scaled_dot_product_attention_into(w.q, w.k, w.v, out);
+        },
+        {prefix("scaled_dot_product_attention_into"), "out has rows of 6 values 2 apart (out [4, 6])",
+         "its rows overlap in memory, expected an outer stride of at least 6"});
+  c.add("SdpaInto_OutRowsOverlapBackwards",
+        [](World& w) {
+          Eigen::Map<M, 0, Eigen::OuterStride<>> out(w.out.data() + 9, 4, 6, Eigen::OuterStride<>(-3));
+          attend::scaled_dot_product_attention_into(w.q, w.k, w.v, out);
+        },
+        {prefix("scaled_dot_product_attention_into"), "out has rows of 6 values -3 apart"});
   // The reference takes its bias as a double matrix by pointer.
   c.add("RefSdpa_BiasRows",
         [](World& w) { attend::reference::scaled_dot_product_attention(w.q, w.k, w.v, Options{}, &w.bias_rows_d); },
@@ -497,6 +511,13 @@ void add_multi_head(Catalogue& c) {
             {p, bo.fragment});
     }
   }
+  c.add("MhaInto_OutRowsOverlap",
+        [](World& w) {
+          Eigen::Map<M, 0, Eigen::OuterStride<>> out(w.outh.data(), 4, 12, Eigen::OuterStride<>(5));
+          attend::multi_head_attention_into(w.qh, w.kh, w.vh, Heads{4, 2}, out);
+        },
+        {prefix("multi_head_attention_into"), "out has rows of 12 values 5 apart (out [4, 12])",
+         "its rows overlap in memory"});
   // multi_query_attention: one kv head, so only the query count and the widths can be wrong.
   const std::string p = prefix("multi_query_attention");
   c.add("Mqa_QueryHeads0", [](World& w) { attend::multi_query_attention(w.qh, w.kq, w.vq, 0); },

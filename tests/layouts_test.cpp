@@ -1,16 +1,21 @@
 // Memory layouts of the arguments: every layout Eigen can express (strides of 0, padded, negative and inner
 // strides, overlapping rows, column-major maps, blocks of them, expressions) is read as Eigen reads it, by every
-// public function that takes matrices.
+// public function that takes matrices; an `out` of the *_into forms may share memory with the inputs (the
+// result is then as if the inputs were read first), and an `out` whose rows overlap is refused.
 //
 // Each layout is compared with the same call on a plain copy of the same view (Matrix<T> m = view: Eigen's own
 // reading of the view), bit for bit, and the kernels also with attend::reference.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <attend/attend.hpp>
 #include <functional>
 #include <random>
 #include <string>
 #include <vector>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include "test_util.hpp"
 
@@ -288,6 +293,122 @@ TYPED_TEST(Layouts, IntoWritesOutputsOfAnyRowStride) {
   attend::scaled_dot_product_attention_into(q, k, v, big.block(2, 4, 5, 6));
   EXPECT_TRUE(same_bits(Matrix<T>(big.block(2, 4, 5, 6)), want));
   EXPECT_TRUE((big.topRows(2).array() == T(3)).all() && (big.leftCols(4).array() == T(3)).all());
+}
+
+// An out whose rows overlap (outer stride below the row length) would be written by several rows at once: refused,
+// and nothing is written.
+TEST(Layouts, IntoRefusesAnOutWhoseRowsOverlap) {
+  std::mt19937 rng(503);
+  const Matrix<float> q = random_matrix<float>(5, 8, rng), k = random_matrix<float>(7, 8, rng),
+                      v = random_matrix<float>(7, 6, rng);
+  std::vector<float> buf(64, 7.f);
+  Eigen::Map<Matrix<float>, 0, Eigen::OuterStride<>> overlapping(buf.data(), 5, 6, Eigen::OuterStride<>(2));
+  attend_test::expect_error([&] { attend::scaled_dot_product_attention_into(q, k, v, overlapping); },
+                            {"attend::scaled_dot_product_attention_into: out has rows of 6 values 2 apart",
+                             "its rows overlap in memory, expected an outer stride of at least 6"});
+  attend_test::expect_error(
+      [&] {
+        attend::multi_head_attention_into(q, k, v, Heads{2, 2}, overlapping);
+      },
+      {"attend::multi_head_attention_into: out has rows of 6 values 2 apart"});
+  EXPECT_TRUE(std::all_of(buf.begin(), buf.end(), [](float x) { return x == 7.f; }));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// out sharing memory with the inputs.
+
+template <class T>
+class Aliasing : public ::testing::Test {};
+TYPED_TEST_SUITE(Aliasing, attend_test::Scalars);
+
+// Runs `body` at one thread and at two (with OpenMP), so that tasks writing out while others read the inputs show.
+template <class Body>
+void at_one_and_two_threads(Body body) {
+#if defined(_OPENMP)
+  const int saved = omp_get_max_threads();
+  for (int t : {1, 2}) {
+    omp_set_num_threads(t);
+    body(t);
+  }
+  omp_set_num_threads(saved);
+#else
+  body(1);
+#endif
+}
+
+// In-place self-attention: one matrix as q, k, v and out, in prefill (threaded: 4 heads x 1500 rows, with and
+// without a causal mask) and in the split-key decode path (2 query rows over 5000 keys, the query rows and out being
+// the first rows of the keys). GQA in place: q and out one matrix, k and v its two halves, so that one kv group's
+// output rows are the other group's keys.
+TYPED_TEST(Aliasing, OutSharingEveryInputGivesTheOutOfPlaceResult) {
+  using T = TypeParam;
+  std::mt19937 rng(510);
+  const Matrix<T> x0 = random_matrix<T>(1500, 4 * 32, rng), long0 = random_matrix<T>(5000, 4 * 32, rng);
+  Options causal;
+  causal.mask = Mask::causal();
+  const Heads h{4, 4};
+  const Matrix<T> want = attend::multi_head_attention(x0, x0, x0, h, causal);
+  const Matrix<T> want_none = attend::multi_head_attention(x0, x0, x0, h);
+  const Matrix<T> want_gqa = attend::multi_head_attention(x0, x0.leftCols(64), x0.rightCols(64), Heads{4, 2});
+  const Matrix<T> want_decode = attend::multi_head_attention(long0.topRows(2), long0, long0, h);
+  const Matrix<T> want_single = attend::scaled_dot_product_attention(x0.leftCols(32), x0.leftCols(32), x0.leftCols(32));
+  at_one_and_two_threads([&](int threads) {
+    Matrix<T> x = x0;
+    attend::multi_head_attention_into(x, x, x, h, x, causal);
+    EXPECT_TRUE(same_bits(x, want)) << threads << " threads: max |difference| " << max_abs_diff(x, want);
+    x = x0;
+    attend::multi_head_attention_into(x, x, x, h, x);
+    EXPECT_TRUE(same_bits(x, want_none)) << threads << " threads, no mask";
+    x = x0;
+    attend::multi_head_attention_into(x, x.leftCols(64), x.rightCols(64), Heads{4, 2}, x);
+    EXPECT_TRUE(same_bits(x, want_gqa)) << threads << " threads, GQA";
+    Matrix<T> y = long0;
+    attend::multi_head_attention_into(y.topRows(2), y, y, h, y.topRows(2));
+    EXPECT_TRUE(same_bits(Matrix<T>(y.topRows(2)), want_decode)) << threads << " threads, decode";
+    EXPECT_TRUE(same_bits(Matrix<T>(y.bottomRows(4998)), Matrix<T>(long0.bottomRows(4998))));
+    Matrix<T> z = x0.leftCols(32);
+    attend::scaled_dot_product_attention_into(z, z, z, z);
+    EXPECT_TRUE(same_bits(z, want_single)) << threads << " threads, scaled_dot_product_attention_into";
+  });
+}
+
+// out sharing memory with one input only, or with part of one: q's rows, the keys, the values, columns interleaved
+// with an input's (conservatively treated as shared), and an expression that reads out (evaluated before).
+TYPED_TEST(Aliasing, OutSharingOneInputOrPartOfOneGivesTheOutOfPlaceResult) {
+  using T = TypeParam;
+  std::mt19937 rng(511);
+  const Heads h{4, 2};
+  const Matrix<T> q0 = random_matrix<T>(600, 4 * 16, rng), k0 = random_matrix<T>(600, 2 * 16, rng);
+  const Matrix<T> v0 = random_matrix<T>(600, 2 * 16, rng);
+  const Matrix<T> want = attend::multi_head_attention(q0, k0, v0, h);  // [600, 64]
+  at_one_and_two_threads([&](int threads) {
+    {  // out is q
+      Matrix<T> q = q0;
+      attend::multi_head_attention_into(q, k0, v0, h, q);
+      EXPECT_TRUE(same_bits(q, want)) << threads << " threads, out = q";
+    }
+    {  // out overlaps the keys and values: one buffer [600, 64 + 32 + 32] holding out | k | v side by side
+      Matrix<T> buf(600, 128);
+      buf.middleCols(64, 32) = k0;
+      buf.middleCols(96, 32) = v0;
+      buf.leftCols(64).setConstant(T(9));
+      attend::multi_head_attention_into(q0, buf.middleCols(64, 32), buf.middleCols(96, 32), h, buf.leftCols(64));
+      EXPECT_TRUE(same_bits(Matrix<T>(buf.leftCols(64)), want)) << threads << " threads, interleaved columns";
+      EXPECT_TRUE(same_bits(Matrix<T>(buf.middleCols(64, 32)), k0));
+    }
+    {  // out is the keys' memory: k [600, 32] and v as the first 32 columns of out's own [600, 64]
+      Matrix<T> out(600, 64);
+      out.leftCols(32) = k0;
+      out.rightCols(32) = v0;
+      attend::multi_head_attention_into(q0, out.leftCols(32), out.rightCols(32), h, out);
+      EXPECT_TRUE(same_bits(out, want)) << threads << " threads, out = [k | v]";
+    }
+    {  // an expression of out as q: evaluated before the call writes out
+      Matrix<T> out = q0 / T(2);
+      attend::multi_head_attention_into(out * T(2), k0, v0, h, out);
+      EXPECT_TRUE(same_bits(out, want)) << threads << " threads, q = 2 * out";
+    }
+  });
 }
 
 }  // namespace

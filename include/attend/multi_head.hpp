@@ -67,10 +67,13 @@ AttentionResult<typename DQ::Scalar> multi_head_attention_with_lse(const Eigen::
   return r;
 }
 
-/// multi_head_attention() into a preallocated `out` [Lq, H*dv]; `out` must not alias the inputs.
+/// multi_head_attention() into a preallocated `out` [Lq, H*dv]. `out` may share memory with q, k or v: the call then
+/// computes into a temporary and copies it into `out`, as if every input were read before `out` is written (see
+/// scaled_dot_product_attention_into() for what an Eigen::Ref out cannot express).
 ///
 /// **Shapes:** (Lq,H*d) x (Lk,G*d) x (Lk,G*dv) => out (Lq,H*dv)
-/// \throws attend::shape_error as multi_head_attention(), and when out has another shape.
+/// \throws attend::shape_error as multi_head_attention(), and when out has another shape or its rows overlap in
+///         memory.
 template <class DQ, class DK, class DV>
 void multi_head_attention_into(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                                const Eigen::MatrixBase<DV>& v, Heads heads,
@@ -84,7 +87,14 @@ void multi_head_attention_into(const Eigen::MatrixBase<DQ>& q, const Eigen::Matr
   Matrix<T> copies[3];  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
   const detail::ConstRowsRef<T> qe = detail::bind_rows(q, copies[0]), ke = detail::bind_rows(k, copies[1]),
                                 ve = detail::bind_rows(v, copies[2]);
-  detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, heads, options), out, nullptr);
+  const detail::Problem<T> problem = detail::make_problem<T>(qe, ke, ve, nullptr, heads, options);
+  if (detail::may_overlap(out, qe) || detail::may_overlap(out, ke) || detail::may_overlap(out, ve)) {
+    Matrix<T> result(out.rows(), out.cols());  // out shares memory with an input: read them all first
+    detail::attention(problem, result, nullptr);
+    out = result;
+  } else {
+    detail::attention(problem, out, nullptr);
+  }
 }
 
 /// Grouped-query attention (GQA): `query_heads` query heads in groups sharing `kv_heads` key/value heads.

@@ -88,10 +88,15 @@ AttentionResult<typename DQ::Scalar> scaled_dot_product_attention_with_lse(const
 }
 
 /// scaled_dot_product_attention() into a preallocated `out` (no allocation of the result; for hot loops).
-/// `out` must not alias q, k or v.
+///
+/// `out` may share memory with q, k or v (in place, `x` as query, key, value and out): the call then computes
+/// into a temporary and copies it into `out`, as if every input were read before `out` is written. `out` is an
+/// Eigen::Ref, which takes a runtime outer stride of 0 for contiguous rows before the call begins: a Map with
+/// OuterStride<>(0) cannot be an `out` (attend never sees the 0), and rows that overlap are refused.
 ///
 /// **Shapes:** (Lq,d) x (Lk,d) x (Lk,dv) => out (Lq,dv)
-/// \throws attend::shape_error as scaled_dot_product_attention(), and when out is not [Lq, dv].
+/// \throws attend::shape_error as scaled_dot_product_attention(), and when out is not [Lq, dv] or its rows
+///         overlap in memory (|outer stride| < dv).
 template <class DQ, class DK, class DV>
 void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                                        const Eigen::MatrixBase<DV>& v,
@@ -105,7 +110,14 @@ void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q, const Eig
   Matrix<T> copies[3];  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
   const detail::ConstRowsRef<T> qe = detail::bind_rows(q, copies[0]), ke = detail::bind_rows(k, copies[1]),
                                 ve = detail::bind_rows(v, copies[2]);
-  detail::attention(detail::make_problem<T>(qe, ke, ve, nullptr, Heads{1, 1}, options), out, nullptr);
+  const detail::Problem<T> problem = detail::make_problem<T>(qe, ke, ve, nullptr, Heads{1, 1}, options);
+  if (detail::may_overlap(out, qe) || detail::may_overlap(out, ke) || detail::may_overlap(out, ve)) {
+    Matrix<T> result(out.rows(), out.cols());  // out shares memory with an input: read them all first
+    detail::attention(problem, result, nullptr);
+    out = result;
+  } else {
+    detail::attention(problem, out, nullptr);
+  }
 }
 
 namespace detail {

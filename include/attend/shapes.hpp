@@ -3,6 +3,8 @@
 /// Matrix types, head counts and shape formatting shared by every attend header.
 
 #include <Eigen/Core>
+#include <algorithm>
+#include <cstdint>
 #include <ostream>
 #include <type_traits>
 
@@ -70,6 +72,24 @@ ConstRowsRef<T> bind_rows(const Eigen::MatrixBase<Derived>& x, Matrix<T>& copy) 
     }
   }
   return ConstRowsRef<T>(x.derived());
+}
+
+/// Whether two row-major views (inner stride 1, any outer stride) may share memory: whether the address ranges
+/// their entries span intersect. Conservative (interleaved column slices of one matrix count as overlapping).
+template <class A, class B>
+bool may_overlap(const A& a, const B& b) {
+  const auto span = [](const auto& m, std::intptr_t& lo, std::intptr_t& hi) {
+    using S = typename std::decay_t<decltype(m)>::Scalar;
+    const std::intptr_t base = reinterpret_cast<std::intptr_t>(m.data());
+    const std::intptr_t last_row = std::intptr_t(m.rows() - 1) * std::intptr_t(m.outerStride());
+    lo = base + std::intptr_t(sizeof(S)) * std::min<std::intptr_t>(0, last_row);
+    hi = base + std::intptr_t(sizeof(S)) * (std::max<std::intptr_t>(0, last_row) + std::intptr_t(m.cols()));
+  };
+  if (a.size() == 0 || b.size() == 0) return false;
+  std::intptr_t a_lo, a_hi, b_lo, b_hi;
+  span(a, a_lo, a_hi);
+  span(b, b_lo, b_hi);
+  return a_lo < b_hi && b_lo < a_hi;
 }
 
 /// Non-deduced alias: lets `T` come from the other arguments of a function template.
