@@ -45,7 +45,7 @@ inline Matrix<double> weights_and_lse(const Matrix<double>& q, const Matrix<doub
       if (slope != 0) s -= slope * std::abs(double(i + diagonal - j));
       if (!options.mask.visible(i, j, lq, lk)) s = neg_inf;
       p(i, j) = s;
-      if (s > row_max) row_max = s;
+      if (std::isnan(s) || s > row_max) row_max = s;  // a NaN score makes the row NaN, even with no other key
     }
     if (row_max == neg_inf) {  // no visible key: the contract's all-zero row
       p.row(i).setZero();
