@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <random>
 #include <sstream>
 #include <string>
@@ -132,9 +133,13 @@ void equivalence_cases(const attend::RingTuning& tuning = {}) {
   const std::vector<HeadCase> head_cases = {
       {{4, 4}, 8, 8, "MHA 4/4"}, {{4, 2}, 8, 6, "GQA 4/2 dv=6"}, {{6, 1}, 4, 4, "MQA 6/1"}};
   std::vector<Options> option_cases;
+  // Diagonals and windows at the ends of Index too: the ring adds the blocks' offsets to the diagonal.
+  constexpr Index max = std::numeric_limits<Index>::max(), min = std::numeric_limits<Index>::min();
   for (const Mask& m :
        {Mask::none(), Mask::causal(), Mask::causal_top_left(), Mask::sliding_window(1), Mask::sliding_window(7),
-        Mask::sliding_window(100), Mask::causal().with_diagonal(-3), Mask::causal().with_diagonal(-20)}) {
+        Mask::sliding_window(100), Mask::causal().with_diagonal(-3), Mask::causal().with_diagonal(-20),
+        Mask::causal().with_diagonal(max), Mask::causal().with_diagonal(min), Mask::sliding_window(max),
+        Mask::sliding_window(max - 3).with_diagonal(max), Mask::sliding_window(5).with_diagonal(min + 2)}) {
     Options o;
     o.mask = m;
     option_cases.push_back(o);
@@ -156,7 +161,8 @@ void equivalence_cases(const attend::RingTuning& tuning = {}) {
                         vl = local_rows(v, lc.layout, g_rank);
         // Sinks and ALiBi, one per query head: ALiBi on global positions, the sinks applied after the merge.
         std::vector<Options> with_heads = option_cases;
-        for (const Mask& m : {Mask::none(), Mask::causal(), Mask::sliding_window(7)}) {
+        for (const Mask& m :
+             {Mask::none(), Mask::causal(), Mask::sliding_window(7), Mask::causal().with_diagonal(max - 1)}) {
           Options o;
           o.mask = m;
           o.alibi_slopes = attend::geometric_alibi_slopes(hc.heads.query);

@@ -106,6 +106,19 @@ inline bool pieces_interact(const Mask& mask, RowRange q, RowRange k) {
   return true;
 }
 
+/// `mask` on a sequence of `length` rows with its diagonal D, and for windows D - window, brought within
+/// [-length - 1, length + 1]: the same keys for every query (query i sees key j iff D - window < j - i <= D, and
+/// |j - i| < length), while the blocks' offsets (< length) can be added to the diagonal without overflowing Index
+/// whatever diagonal and window the caller gave. A window that comes out below 1 hides every key.
+inline Mask ring_mask(const Mask& mask, Index length) {
+  if (!mask.hides_future()) return mask;
+  const Index reach = length + 1, diagonal = mask.diagonal().value_or(0);
+  const Index d = std::clamp(diagonal, -reach, reach);
+  if (mask.kind() != Mask::Kind::sliding_window) return mask.with_diagonal(d);
+  const Index past = std::clamp(saturating_sub(diagonal, mask.window()), -reach, reach);  // D - window
+  return Mask::sliding_window(d - past).with_diagonal(d);
+}
+
 /// Query rows per kernel call while a transfer is in flight (RingTuning), for blocks of at most `key_rows`
 /// rows: a function of the shapes and the tuning only (the thread count would move the slab boundaries, and with
 /// them the rounding). More than key_rows would make no difference: no piece is longer.
@@ -180,7 +193,7 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
   const double t_checked = MPI_Wtime();
 
   // 2. Which blocks anyone needs: the ring runs only as many steps as the farthest needed block.
-  const Mask& mask = options.mask;
+  const Mask mask = ring_mask(options.mask, layout.length());
   Options sink_free = options;
   sink_free.sinks.clear();
   int steps = 0;
@@ -275,11 +288,15 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
         Options o = sink_free;
         const Index diagonal = mask.diagonal().value_or(0) + slab.global.begin - kp.begin;
         o.mask = mask.with_diagonal(diagonal);
+        // ALiBi measures from the caller's diagonal, which ring_mask() may have moved: |i + D - j| on global
+        // positions, saturated (not wrapped) where D is within a sequence length of the ends of Index.
+        const Index alibi_diagonal =
+            saturating_add(saturating_add(options.mask.diagonal().value_or(0), slab.global.begin), -kp.begin);
         const Index nq = slab.global.size();
         const ConstRowsRef<T> qs = qe.middleRows(slab.local, nq);
         // The kernel itself on the arguments checked in 1., into the part (it writes lse rows [0, nq) only).
         auto slab_out = part_out.topRows(nq);
-        attention(make_problem<T>(qs, kb, vb, nullptr, heads, o, diagonal), slab_out, &part_lse, tiles);
+        attention(make_problem<T>(qs, kb, vb, nullptr, heads, o, alibi_diagonal), slab_out, &part_lse, tiles);
         const auto slab_lse = part_lse.topRows(nq);
         auto out_rows = result.out.middleRows(slab.local, nq);
         auto lse_rows = result.lse.middleRows(slab.local, nq);
