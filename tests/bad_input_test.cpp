@@ -729,6 +729,25 @@ void add_mha(Catalogue& c) {
   c.add("MhaCached_CacheOfLargerHeadDim", [](World& w) { Mha(16, 4, 2, 6).forward(w.x, w.cache); },
         {f, "cache holds keys of 8", "expected 12 and 12"});
   c.add("MhaCached_CacheOfMqa", [](World& w) { Mha(16, 4, 1, 4).forward(w.x, w.cache); }, {f, "expected 4 and 4"});
+  // The same widths (8 features per token) in other heads: the cache remembers the layout of the layer that filled
+  // it (2 kv heads of head dim 4).
+  c.add("MhaCached_CacheOfSameWidthMoreKvHeads", [](World& w) { Mha(16, 4, 4, 2).forward(w.x, w.cache); },
+        {f, "cache holds tokens of 2 kv heads of head dim 4 (8 features per token), expected 4 kv heads of head dim 2",
+         "filled by a layer of other sizes"});
+  c.add("MhaCached_CacheOfSameWidthMqa", [](World& w) { Mha(16, 4, 1, 8).forward(w.x, w.cache); },
+        {f, "cache holds tokens of 2 kv heads of head dim 4", "expected 1 kv heads of head dim 8"});
+  const std::string ak = prefix("KVCache::append");
+  c.add(
+      "KvCacheAppend_OtherLayoutOfTheSameWidth", [](World& w) { w.cache.append(w.kh, w.kh, 4, 2); },
+      {ak, "cache holds tokens of 2 kv heads of head dim 4 (8 features per token), expected 4 kv heads of head dim 2"});
+  c.add("KvCacheAppend_LayoutOfOtherWidth", [](World& w) { w.cache.append(w.kh, w.kh, 3, 2); },
+        {ak, "k is [5, 8] and v [5, 8], expected kv_heads (3) * head_dim (2) = 6 columns in both"});
+  c.add("KvCacheAppend_KvHeads0", [](World& w) { w.cache.append(w.kh, w.kh, 0, 8); },
+        {ak, "kv_heads is 0 and head_dim 8, expected both at least 1"});
+  c.add("KvCacheAppend_RowsDiffer", [](World& w) { w.cache.append(w.kh, w.v_long, 2, 4); },
+        {ak, "k has 5 rows and v 6, expected one row per token in both"});
+  c.add("KvCacheAppend_OtherWidthsWithoutLayout", [](World& w) { w.cache.append(w.kh_wide, w.kh_wide); },
+        {ak, "cache holds keys of 8 and values of 8 features per token, expected 12 and 12"});
 
   const std::string rk = prefix("KVCache::reserve");
   c.add("KvCacheReserve_OtherWidths", [](World& w) { w.cache.reserve(100, 4, 4); },

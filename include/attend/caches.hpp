@@ -21,7 +21,10 @@ inline void check_reserve(const char* fn, Index tokens, const char* a_name, Inde
 
 }  // namespace detail
 
-/// Keys and values of the tokens seen so far, for decoding with MultiHeadAttention::forward(x, cache).
+/// Keys and values of the tokens seen so far, for decoding with MultiHeadAttention::forward(x, cache). The cache
+/// remembers the layout of the layer that filled it (kv heads and head dim), so that a layer of other sizes is
+/// refused even when its widths agree (2 kv heads of 8 and 4 of 4 both cache 16 features per token). A moved-from
+/// cache is empty and serves a layer of any size, as a fresh one.
 template <class T>
 class KVCache {
  public:
@@ -29,6 +32,11 @@ class KVCache {
 
   /// Tokens held.
   Index size() const { return keys_.size(); }
+  /// The kv heads of the layer whose tokens the cache holds; 0 when it is empty, or when it was filled through
+  /// append(k, v) without a layout.
+  int kv_heads() const { return size() > 0 ? kv_heads_ : 0; }
+  /// The head dim of the layer whose tokens the cache holds (0 as kv_heads()).
+  int head_dim() const { return size() > 0 ? head_dim_ : 0; }
   /// Tokens that fit before the storage grows.
   Index capacity() const { return keys_.capacity(); }
   /// Forgets every token (keeps the storage); the cache can then serve a layer of any size.
@@ -59,22 +67,65 @@ class KVCache {
                    " (it was filled by a layer of other sizes)");
   }
 
+  /// Throws shape_error naming `fn` when tokens already held come from a layer of another layout: other widths
+  /// (check_widths()), or the same widths cut into other heads (`kv_heads` of `head_dim` keys and values each).
+  void check_layout(const char* fn, int kv_heads, int head_dim) const {
+    const Index width = Index(kv_heads) * head_dim;
+    check_widths(fn, width, width);
+    if (size() > 0 && kv_heads_ != 0 && (kv_heads_ != kv_heads || head_dim_ != head_dim))
+      detail::fail(fn, "cache holds tokens of ", kv_heads_, " kv heads of head dim ", head_dim_, " (", width,
+                   " features per token), expected ", kv_heads, " kv heads of head dim ", head_dim,
+                   " (it was filled by a layer of other sizes)");
+  }
+
   /// Appends the keys [n, key_width] and values [n, value_width] of n new tokens.
   /// \throws attend::shape_error when k and v have different rows or the cache holds tokens of other widths.
   template <class DK, class DV>
   void append(const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v) {
     constexpr const char* fn = "KVCache::append";
     detail::static_check_scalars<T, DK, DV>();
+    check_rows(fn, k, v);
+    check_widths(fn, k.cols(), v.cols());
+    append_rows(k, v, 0, 0);
+  }
+
+  /// Appends the keys and values [n, kv_heads * head_dim] of n new tokens of a layer with `kv_heads` kv heads of
+  /// `head_dim` (what MultiHeadAttention::forward(x, cache) appends): the cache remembers that layout.
+  /// \throws attend::shape_error when k and v have different rows or other widths than kv_heads * head_dim, when
+  ///         kv_heads or head_dim is < 1, or when the cache holds tokens of another layout (check_layout()).
+  template <class DK, class DV>
+  void append(const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v, int kv_heads, int head_dim) {
+    constexpr const char* fn = "KVCache::append";
+    detail::static_check_scalars<T, DK, DV>();
+    if (kv_heads < 1 || head_dim < 1)
+      detail::fail(fn, "kv_heads is ", kv_heads, " and head_dim ", head_dim, ", expected both at least 1");
+    check_rows(fn, k, v);
+    const Index width = Index(kv_heads) * head_dim;
+    if (k.cols() != width || v.cols() != width)
+      detail::fail(fn, "k is ", detail::shape_of(k), " and v ", detail::shape_of(v), ", expected kv_heads (", kv_heads,
+                   ") * head_dim (", head_dim, ") = ", width, " columns in both");
+    check_layout(fn, kv_heads, head_dim);
+    append_rows(k, v, kv_heads, head_dim);
+  }
+
+ private:
+  template <class DK, class DV>
+  static void check_rows(const char* fn, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v) {
     if (k.rows() != v.rows())
       detail::fail(fn, "k has ", k.rows(), " rows and v ", v.rows(), ", expected one row per token in both (k ",
                    detail::shape_of(k), ", v ", detail::shape_of(v), ")");
-    check_widths(fn, k.cols(), v.cols());
+  }
+
+  // The first tokens of an empty cache set its layout (0, 0: unknown); later ones keep it.
+  template <class DK, class DV>
+  void append_rows(const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v, int kv_heads, int head_dim) {
+    if (size() == 0) kv_heads_ = kv_heads, head_dim_ = head_dim;
     keys_.append(k);
     values_.append(v);
   }
 
- private:
   detail::RowStore<T> keys_, values_;
+  int kv_heads_ = 0, head_dim_ = 0;  ///< meaningful while size() > 0
 };
 
 /// What MultiHeadLatentAttention caches per token: the normalized latent c_KV (kv_lora_rank numbers) followed

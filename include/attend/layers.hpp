@@ -81,18 +81,17 @@ struct MultiHeadAttention {
   /// sizes gives the rows of one causal forward(x), up to rounding.
   ///
   /// **Shapes:** (n,d_model) => (n,d_model); the cache grows by n tokens of 2*kv_heads*head_dim numbers.
-  /// \throws attend::shape_error as forward(x), and when the cache holds tokens of a layer of other sizes; the
-  ///         cache is unchanged then.
+  /// \throws attend::shape_error as forward(x), and when the cache holds tokens of a layer of other sizes (other
+  ///         widths, or the same widths in other kv heads and head dims); the cache is unchanged then.
   template <class Derived>
   Matrix<T> forward(const Eigen::MatrixBase<Derived>& x, KVCache<T>& cache, const Options& options = {}) const {
     constexpr const char* fn = "MultiHeadAttention::forward";
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
-    const Index kv_width = Index(kv_heads) * head_dim;
-    cache.check_widths(fn, kv_width, kv_width);
+    cache.check_layout(fn, kv_heads, head_dim);
     Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
     const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
-    cache.append(project(k_proj, xe), project(v_proj, xe));
+    cache.append(project(k_proj, xe), project(v_proj, xe), kv_heads, head_dim);
     return attend_heads(project(q_proj, xe), cache.keys(), cache.values(), options);
   }
 
