@@ -118,7 +118,9 @@ bool same(const M& a, const M& b) {
                     [](float x, float y) { return x == y || (std::isnan(x) && std::isnan(y)); });
 }
 bool same(const MD& a, const MD& b) { return a.rows() == b.rows() && a.cols() == b.cols() && a == b; }
-bool same(const Vec& a, const Vec& b) { return a.size() == b.size() && a == b; }
+bool same(const Vec& a, const Vec& b) {
+  return a.size() == b.size() && (a.array() == b.array() || (a.array().isNaN() && b.array().isNaN())).all();
+}
 bool same(const attend::Linear<float>& a, const attend::Linear<float>& b) {
   return same(a.weight, b.weight) && same(a.bias, b.bias);
 }
@@ -928,6 +930,24 @@ void add_conversions(Catalogue& c) {
       "ToLatent_SourceSizes", [](World& w) { w.mha.kv_heads = 3; }, [](World& w) { attend::to_latent(w.mha, 4); },
       {l, "kv_heads 3", "are invalid"});
 
+  // Non-finite weights: the conversions would spread them (pooled heads, every singular vector) or copy them.
+  for (const auto& [name, spoil, fragment] :
+       std::vector<std::tuple<std::string, std::function<void(Mha&)>, std::string>>{
+           {"KProjWeightNaN", [](Mha& m) { m.k_proj.weight(3, 5) = kNaN; }, "k_proj.weight[3, 5] is nan"},
+           {"VProjWeightInf", [](Mha& m) { m.v_proj.weight(7, 0) = kInf; }, "v_proj.weight[7, 0] is inf"},
+           {"QProjWeightNaN", [](Mha& m) { m.q_proj.weight(0, 15) = kNaN; }, "q_proj.weight[0, 15] is nan"},
+           {"OProjWeightMinusInf", [](Mha& m) { m.o_proj.weight(15, 2) = -kInf; }, "o_proj.weight[15, 2] is -inf"},
+           {"KProjBiasInf", [](Mha& m) { m.k_proj.bias(1) = kInf; }, "k_proj.bias[1] is inf, expected finite biases"},
+           {"OProjBiasNaN", [](Mha& m) { m.o_proj.bias(4) = kNaN; }, "o_proj.bias[4] is nan"}}) {
+    const auto sp = spoil;
+    c.add(
+        "ToGrouped_" + name, [sp](World& w) { sp(w.mha); }, [](World& w) { attend::to_grouped(w.mha, 1); },
+        {g, fragment, fragment.find("bias") == std::string::npos ? "expected finite weights" : "expected finite"});
+    c.add(
+        "ToLatent_" + name, [sp](World& w) { sp(w.mha); }, [](World& w) { attend::to_latent(w.mha, 8); },
+        {l, fragment});
+  }
+
   const std::string s = prefix("kv_singular_values");
   c.add(
       "KvSingularValues_SourceWeights", [](World& w) { w.mha.k_proj.weight = M::Zero(8, 12); },
@@ -938,6 +958,12 @@ void add_conversions(Catalogue& c) {
   c.add(
       "KvSingularValues_SourceSizes", [](World& w) { w.mha.head_dim = 0; },
       [](World& w) { attend::kv_singular_values(w.mha); }, {s, "head_dim 0", "are invalid"});
+  c.add(
+      "KvSingularValues_KProjWeightNaN", [](World& w) { w.mha.k_proj.weight(2, 9) = kNaN; },
+      [](World& w) { attend::kv_singular_values(w.mha); }, {s, "k_proj.weight[2, 9] is nan, expected finite weights"});
+  c.add(
+      "KvSingularValues_VProjWeightInf", [](World& w) { w.mha.v_proj.weight(0, 0) = -kInf; },
+      [](World& w) { attend::kv_singular_values(w.mha); }, {s, "v_proj.weight[0, 0] is -inf"});
 }
 
 std::vector<Case> catalogue() {
