@@ -55,7 +55,8 @@ struct MultiHeadAttention {
     constexpr const char* fn = "MultiHeadAttention::forward";
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
     return attend_heads(project(q_proj, xe), rows(project(k_proj, xe)), rows(project(v_proj, xe)), options);
   }
 
@@ -70,7 +71,8 @@ struct MultiHeadAttention {
     detail::static_check_scalars<T, Derived, Context>();
     check(fn, x, options);
     detail::check_input(fn, "context", context, d_model);
-    const detail::ConstRowsRef<T> ce(context.derived());
+    Matrix<T> copy;  // see detail::bind_rows
+    const detail::ConstRowsRef<T> ce = detail::bind_rows(context, copy);
     return attend_heads(project(q_proj, x), rows(project(k_proj, ce)), rows(project(v_proj, ce)), options);
   }
 
@@ -79,20 +81,20 @@ struct MultiHeadAttention {
   /// sizes gives the rows of one causal forward(x), up to rounding.
   ///
   /// **Shapes:** (n,d_model) => (n,d_model); the cache grows by n tokens of 2*kv_heads*head_dim numbers.
-  /// \throws attend::shape_error as forward(x), and when the cache holds tokens of a layer of other sizes; the
-  ///         cache is unchanged then.
+  /// \throws attend::shape_error as forward(x), and when the cache holds tokens of a layer of other sizes (other
+  ///         widths, or the same widths in other kv heads and head dims); the cache is unchanged then.
   ///
-  /// The cache may store its keys and values in 16 bits (KVCache<float, Eigen::bfloat16> or <float, Eigen::half>):
-  /// they are rounded as they are appended, and the kernel reads them as stored.
+  /// The cache may store its keys and values in 16 or 8 bits (KVCache<float, Eigen::bfloat16>, <float, Eigen::half>,
+  /// <float, attend::q8>): they are rounded as they are appended, and the kernel reads them as stored.
   template <class Derived, class S>
   Matrix<T> forward(const Eigen::MatrixBase<Derived>& x, KVCache<T, S>& cache, const Options& options = {}) const {
     constexpr const char* fn = "MultiHeadAttention::forward";
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
-    const Index kv_width = Index(kv_heads) * head_dim;
-    cache.check_widths(fn, kv_width, kv_width);
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
-    cache.append(project(k_proj, xe), project(v_proj, xe));
+    cache.check_layout(fn, kv_heads, head_dim);
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
+    cache.append(project(k_proj, xe), project(v_proj, xe), kv_heads, head_dim);
     return attend_heads(project(q_proj, xe), cache.keys(), cache.values(), options);
   }
 

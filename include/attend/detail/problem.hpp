@@ -117,7 +117,8 @@ std::vector<GroupKeys<S>> group_keys(const Problem<T, S>& pb) {
 }
 
 /// Rows [j0, j1) of `rows` (stored as S) in the compute type C: a view of the rows themselves when S is C,
-/// else the rows converted into `scratch` (rows j0.. land at scratch row scratch_row..). The generic path for
+/// else the rows converted into the first columns of `scratch` (which may be wider; rows j0.. land at scratch
+/// row scratch_row..). The generic path for
 /// 16-bit storage: tiles converted to float, then the float mainloops.
 template <class C, class S>
 const C* rows_of(const ConstRowsRef<S>& rows, Index j0, Index j1, Matrix<C>& scratch, Index scratch_row,
@@ -127,7 +128,7 @@ const C* rows_of(const ConstRowsRef<S>& rows, Index j0, Index j1, Matrix<C>& scr
     stride = rows.outerStride();
     return rows.data() + j0 * rows.outerStride();
   } else {
-    scratch.middleRows(scratch_row, j1 - j0) = rows.middleRows(j0, j1 - j0).template cast<C>();
+    scratch.block(scratch_row, 0, j1 - j0, rows.cols()) = rows.middleRows(j0, j1 - j0).template cast<C>();
     stride = scratch.outerStride();
     return scratch.data() + scratch_row * scratch.outerStride();
   }
