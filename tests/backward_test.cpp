@@ -7,9 +7,12 @@
 
 #include <attend/attend.hpp>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "backward_oracle.hpp"
@@ -356,6 +359,119 @@ TEST(BackwardApi, TakesAnyDenseExpression) {
   EXPECT_TRUE(got.dq == want.dq && got.dk == want.dk && got.dv == want.dv);
   const auto mh = attend::multi_head_attention_backward(q, k, v, f.out, f.lse, dout, Heads{1, 1});
   EXPECT_TRUE(mh.dq == want.dq && mh.dk == want.dk && mh.dv == want.dv);
+}
+
+// The layers' backward against central differences of their own double forward: dx (and dcontext) and a few
+// entries of every weight, bias and norm weight, for self- and cross-attention and for MLA with and without query
+// compression, both RoPE layouts.
+class LayerDifferences {
+ public:
+  template <class Loss>
+  explicit LayerDifferences(Loss loss) : loss_(std::move(loss)) {}
+  // The central difference of the loss in entry i of x (a matrix or vector), against the analytic gradient.
+  template <class X>
+  void check(X& x, Index i, double analytic, const std::string& what) {
+    const double h = 1e-6, saved = x.data()[i];
+    x.data()[i] = saved + h;
+    const double plus = loss_();
+    x.data()[i] = saved - h;
+    const double minus = loss_();
+    x.data()[i] = saved;
+    const double numeric = (plus - minus) / (2 * h);
+    EXPECT_NEAR(analytic, numeric, 1e-6 * (1 + std::abs(numeric))) << what << " entry " << i;
+  }
+  template <class X, class G>
+  void check_some(X& x, const G& grad, const std::string& what, std::mt19937& rng) {
+    ASSERT_EQ(x.size(), grad.size()) << what;
+    if (x.size() == 0) return;
+    std::uniform_int_distribution<Index> pick(0, x.size() - 1);
+    for (int n = 0; n < 3; ++n) {
+      const Index i = pick(rng);
+      check(x, i, grad.data()[i], what);
+    }
+  }
+
+ private:
+  std::function<double()> loss_;
+};
+
+TEST(BackwardLayers, MultiHeadAttentionAgreesWithCentralDifferences) {
+  std::mt19937 rng(21);
+  for (auto [heads, kv_heads, cross] : {std::tuple{4, 2, false}, std::tuple{4, 1, true}, std::tuple{2, 2, false}}) {
+    attend::MultiHeadAttention<double> m = attend_test::random_mha<double>(16, heads, kv_heads, 6, rng);
+    MD x = attend_test::random_matrix<double>(7, 16, rng), ctx = attend_test::random_matrix<double>(9, 16, rng);
+    const MD dy = attend_test::random_matrix<double>(7, 16, rng);
+    Options o = with(cross ? Mask::none() : Mask::causal(), 3.0);
+    o.sinks = spread(heads, -1, 1);
+    const auto g = cross ? m.backward(x, ctx, dy, o) : m.backward(x, dy, o);
+    LayerDifferences fd([&] { return ((cross ? m.forward(x, ctx, o) : m.forward(x, o)).array() * dy.array()).sum(); });
+    const std::string tag = std::to_string(heads) + "/" + std::to_string(kv_heads) + (cross ? " cross " : " self ");
+    fd.check_some(x, g.dx, tag + "dx", rng);
+    if (cross)
+      fd.check_some(ctx, g.dcontext, tag + "dcontext", rng);
+    else
+      EXPECT_EQ(g.dcontext.size(), 0);
+    for (auto [lin, grad] : {std::pair{&m.q_proj, &g.q_proj}, std::pair{&m.k_proj, &g.k_proj},
+                             std::pair{&m.v_proj, &g.v_proj}, std::pair{&m.o_proj, &g.o_proj}}) {
+      fd.check_some(lin->weight, grad->weight, tag + "weight", rng);
+      fd.check_some(lin->bias, grad->bias, tag + "bias", rng);
+    }
+  }
+  // No biases: no bias gradients.
+  const attend::MultiHeadAttention<double> plain = attend_test::random_mha<double>(8, 2, 2, 4, rng, false);
+  const MD x = attend_test::random_matrix<double>(3, 8, rng);
+  const auto g = plain.backward(x, x);
+  EXPECT_EQ(g.q_proj.bias.size(), 0);
+  EXPECT_EQ(g.o_proj.bias.size(), 0);
+  EXPECT_EQ(g.q_proj.weight.rows(), 8);
+}
+
+TEST(BackwardLayers, LatentAttentionAgreesWithCentralDifferences) {
+  std::mt19937 rng(23);
+  for (int q_lora : {0, 8})
+    for (attend::RopeLayout layout : {attend::RopeLayout::interleaved, attend::RopeLayout::half_split}) {
+      attend::MultiHeadLatentAttention<double> m({16, 3, q_lora, 6, 4, 4, 5, 10000.0, layout});
+      for (auto* lin : {&m.q_proj, &m.q_a_proj, &m.q_b_proj, &m.kv_a_proj_with_mqa, &m.kv_b_proj, &m.o_proj})
+        if (lin->weight.size() != 0) attend_test::randomize(*lin, rng);
+      m.kv_a_layernorm.weight = attend_test::random_matrix<double>(6, 1, rng, 0.2).array() + 1;
+      if (q_lora > 0) m.q_a_layernorm.weight = attend_test::random_matrix<double>(q_lora, 1, rng, 0.2).array() + 1;
+      MD x = attend_test::random_matrix<double>(6, 16, rng);
+      const MD dy = attend_test::random_matrix<double>(6, 16, rng);
+      const Options o = with(Mask::causal());
+      const auto g = m.backward(x, dy, o);
+      LayerDifferences fd([&] { return (m.forward(x, o).array() * dy.array()).sum(); });
+      const std::string tag = "q_lora " + std::to_string(q_lora) + " ";
+      fd.check_some(x, g.dx, tag + "dx", rng);
+      for (auto [lin, grad] :
+           {std::pair{&m.q_proj, &g.q_proj}, std::pair{&m.q_a_proj, &g.q_a_proj}, std::pair{&m.q_b_proj, &g.q_b_proj},
+            std::pair{&m.kv_a_proj_with_mqa, &g.kv_a_proj_with_mqa}, std::pair{&m.kv_b_proj, &g.kv_b_proj},
+            std::pair{&m.o_proj, &g.o_proj}}) {
+        fd.check_some(lin->weight, grad->weight, tag + "weight", rng);
+        fd.check_some(lin->bias, grad->bias, tag + "bias", rng);
+      }
+      fd.check_some(m.kv_a_layernorm.weight, g.kv_a_layernorm.weight, tag + "kv_a_layernorm", rng);
+      fd.check_some(m.q_a_layernorm.weight, g.q_a_layernorm.weight, tag + "q_a_layernorm", rng);
+    }
+}
+
+// Empty inputs: gradients of the right shapes, all zero.
+TEST(BackwardLayers, EmptyInputsGiveZeroGradientsOfTheRightShapes) {
+  std::mt19937 rng(25);
+  const attend::MultiHeadAttention<float> m = attend_test::random_mha<float>(8, 2, 1, 4, rng);
+  const Matrix<float> none(0, 8), ctx = attend_test::random_matrix<float>(3, 8, rng);
+  const auto g = m.backward(none, ctx, none);
+  EXPECT_EQ(g.dx.rows(), 0);
+  EXPECT_EQ(g.dcontext.rows(), 3);
+  EXPECT_TRUE(g.dcontext.isZero(0));
+  EXPECT_TRUE(g.k_proj.weight.isZero(0));
+  EXPECT_EQ(g.k_proj.weight.rows(), 4);
+  attend::MultiHeadLatentAttention<float> mla({8, 2, 4, 6, 4, 2, 4});
+  mla.kv_a_layernorm.weight = attend::Vector<float>::Ones(6);
+  const auto gl = mla.backward(none, none);
+  EXPECT_EQ(gl.dx.rows(), 0);
+  EXPECT_EQ(gl.q_a_proj.weight.rows(), 4);
+  EXPECT_TRUE(gl.kv_b_proj.weight.isZero(0));
+  EXPECT_EQ(gl.kv_a_layernorm.weight.size(), 6);
 }
 
 }  // namespace
