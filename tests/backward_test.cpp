@@ -404,7 +404,9 @@ TEST(BackwardLayers, MultiHeadAttentionAgreesWithCentralDifferences) {
     Options o = with(cross ? Mask::none() : Mask::causal(), 3.0);
     o.sinks = spread(heads, -1, 1);
     const auto g = cross ? m.backward(x, ctx, dy, o) : m.backward(x, dy, o);
-    LayerDifferences fd([&] { return ((cross ? m.forward(x, ctx, o) : m.forward(x, o)).array() * dy.array()).sum(); });
+    const bool is_cross = cross;  // a lambda may not capture a structured binding in C++17
+    LayerDifferences fd(
+        [&] { return ((is_cross ? m.forward(x, ctx, o) : m.forward(x, o)).array() * dy.array()).sum(); });
     const std::string tag = std::to_string(heads) + "/" + std::to_string(kv_heads) + (cross ? " cross " : " self ");
     fd.check_some(x, g.dx, tag + "dx", rng);
     if (cross)

@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include "attend/detail/assert.hpp"
@@ -114,7 +115,8 @@ class BackwardKeyTile {
     // Keys of the tile some row sees, as whole panels of the packed key tile: [lo, hi).
     const Index seen_lo = std::max<Index>(first.begin - kt_, 0), seen_hi = std::min(last.end - kt_, tk_);
     if (seen_lo >= seen_hi) return;
-    const auto [lo, hi] = Gemm::panels_holding(tk_, seen_lo, seen_hi);
+    Index lo, hi;
+    std::tie(lo, hi) = Gemm::panels_holding(tk_, seen_lo, seen_hi);
     const bool cut = !(last.begin <= kt_ + lo && first.end >= kt_ + hi);
     const Index c0 = p0 * task_.heads, n = (p1 - p0) * task_.heads, keys = hi - lo;
     ATTEND_DASSERT(n * tk_ <= ws_.p.size(), "the query tile fits the backward workspace");

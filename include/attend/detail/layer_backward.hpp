@@ -40,6 +40,11 @@ void check_output_gradient(const char* fn, const Dy& dy, Index rows, Index cols)
 template <class T, class X, class Dy>
 Linear<T> linear_gradients(const Linear<T>& layer, const X& x, const Dy& dy) {
   Linear<T> g;
+  if (dy.rows() == 0) {  // Eigen's reductions over no rows would offset a null data pointer (undefined behaviour)
+    g.weight = Matrix<T>::Zero(dy.cols(), x.cols());
+    g.bias = Vector<T>::Zero(layer.bias.size());
+    return g;
+  }
   g.weight.noalias() = dy.transpose() * x;  // dW = dy^T x
   if (layer.bias.size() != 0) g.bias = dy.colwise().sum().transpose();
   return g;
