@@ -4,7 +4,14 @@
 //   attend_prefill/L:<L>/d:<d>/H:<H>/G:<G>/causal:<0|1>/real_time   attend::multi_head_attention, q [L, H*d],
 //                                                                    k, v [L, G*d] (G == H: MHA, G < H: GQA/MQA)
 //   naive_prefill/...same args...                                    bench::naive_attention (bench_common.hpp)
+//   attend_prefill16/...same args.../type:<1|2>/path:<0|1|2>         the same inputs rounded to bfloat16 (type 1) or
+//                                                                    half (2), q, k, v and the output all 16-bit, on
+//                                                                    the 16-bit path generic (0), avx512bf16 (1) or
+//                                                                    amx (2) (rows for paths this CPU lacks: skipped)
 //   sgemm/M:<M>/K:<K>/N:<N>/real_time                                c.noalias() = a * b, row-major float
+//   amx_gemm/M:<M>/K:<K>/N:<N>/real_time                             C = A B on AMX tiles (bfloat16, float C): the
+//                                                                    16-bit mainloop's tile product alone, this
+//                                                                    machine's 16-bit ceiling as SGEMM is float's
 //   attend_peak_memory/L:<L>/d:<d>/H:<H>/causal:<0|1>/real_time       only with --attend_peak_memory[=L]: extra
 //                                                                    resident memory of one prefill (run it in a
 //                                                                    process of its own, see scripts/bench_report.py)
@@ -86,6 +93,62 @@ BENCHMARK(attend_prefill)->Apply(prefill_args);
 BENCHMARK(naive_prefill)->Apply(prefill_args);
 
 // ------------------------------------------------------------------------------------------------------------
+// 16-bit prefill
+// ------------------------------------------------------------------------------------------------------------
+
+/// Runs `body` with the 16-bit path capped at `path`, or skips the row when this machine lacks that path.
+template <class Body>
+void on_path(benchmark::State& state, long path, Body&& body) {
+  attend::detail::set_bf16_path(static_cast<attend::detail::Bf16Path>(path));
+  if (static_cast<long>(attend::detail::bf16_path_now()) != path) {
+    attend::detail::reset_bf16_path();
+    state.SkipWithError("this CPU lacks the path");
+    return;
+  }
+  body();
+  state.SetLabel(attend::bf16_path());
+  attend::detail::reset_bf16_path();
+}
+
+template <class S>
+void prefill16(benchmark::State& state, const PrefillShape& s) {
+  const bench::Inputs16<S>& in = bench::inputs16<S>(bench::inputs(s.L, s.L, s.H * s.d, s.G * s.d, s.G * s.d));
+  attend::Options options;
+  if (s.causal) options.mask = attend::Mask::causal();
+  for (auto _ : state) {
+    attend::Matrix<S> out = attend::multi_head_attention(in.q, in.k, in.v, attend::Heads{s.H, s.G}, options);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+}
+
+void attend_prefill16(benchmark::State& state) {
+  const PrefillShape s = prefill_shape(state);
+  on_path(state, state.range(6), [&] {
+    if (state.range(5) == 1)
+      prefill16<Eigen::bfloat16>(state, s);
+    else
+      prefill16<Eigen::half>(state, s);
+  });
+  prefill_counters(state, s);
+}
+
+void prefill16_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"L", "d", "H", "G", "causal", "type", "path"});
+  for (int path : {2, 1, 0})
+    for (int causal : {0, 1})
+      for (int d : {64, 128})
+        for (int L : {1024, 4096}) b->Args({L, d, 8, 8, causal, 1, path});
+  // half (rounded to bfloat16 by the AMX and AVX-512 paths), GQA, and the head dims that are not multiples of 32.
+  for (int path : {2, 0}) b->Args({4096, 128, 8, 8, 1, 2, path});
+  for (int G : {2, 1}) b->Args({4096, 128, 8, G, 1, 1, 2});
+  for (int d : {80, 96}) b->Args({4096, d, 8, 8, 1, 1, 2});
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+BENCHMARK(attend_prefill16)->Apply(prefill16_args);
+
+// ------------------------------------------------------------------------------------------------------------
 // SGEMM reference
 // ------------------------------------------------------------------------------------------------------------
 
@@ -117,6 +180,48 @@ BENCHMARK(sgemm)
     ->Args({256, 256, 128})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+
+// ------------------------------------------------------------------------------------------------------------
+// AMX bfloat16 GEMM reference
+// ------------------------------------------------------------------------------------------------------------
+
+#if defined(ATTEND_X86_DISPATCH)
+// C [M, N] = A [M, K] B [K, N], A row-major bfloat16, B packed in the 16-bit mainloop's tiles (as keys: the columns
+// of B are its rows there), C float: AmxProducts::scores over blocks of 256 rows of A and 256 columns of B, the
+// way the mainloop calls it.
+void amx_gemm(benchmark::State& state) {
+  namespace detail = attend::detail;
+  const Index m = state.range(0), k = state.range(1), n = state.range(2);
+  if (detail::bf16_path_now() != detail::Bf16Path::amx) {
+    state.SkipWithError("this machine has no AMX (or refused the tile state)");
+    return;
+  }
+  const attend::Matrix<Eigen::bfloat16> a = bench::random_matrix(m, k, 11).cast<Eigen::bfloat16>();
+  const attend::Matrix<Eigen::bfloat16> bt = bench::random_matrix(n, k, 12).cast<Eigen::bfloat16>();
+  detail::VnniKeys packed;
+  packed.pack(detail::GroupKeys<Eigen::bfloat16>{bt, bt.leftCols(16)}, 0);
+  constexpr Index kRows = 256, kCols = 256;
+  detail::Tile16Workspace ws(kRows, kCols, k, 16);
+  for (Index i = 0; i < kRows; ++i) std::memcpy(ws.q.data() + i * ws.d_pad, a.row(i).data(), std::size_t(k) * 2);
+  const detail::Tile16Operands w = ws.operands();
+  detail::AmxProducts::configure();
+  for (auto _ : state) {
+    for (Index r = 0; r < m; r += kRows)  // every row block of A reuses the one loaded (the product is the same)
+      for (Index c = 0; c < n; c += kCols) detail::AmxProducts::scores(w, packed, 0, kRows / 16, c, kCols);
+    benchmark::DoNotOptimize(ws.s.data());
+    benchmark::ClobberMemory();
+  }
+  detail::AmxProducts::release();
+  bench::common_counters(state);
+  state.counters["GFLOPS"] = bench::rate(2e-9 * double(m) * double(k) * double(n));
+}
+BENCHMARK(amx_gemm)
+    ->ArgNames({"M", "K", "N"})
+    ->Args({4096, 64, 4096})
+    ->Args({4096, 128, 4096})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+#endif
 
 // ------------------------------------------------------------------------------------------------------------
 // Peak memory of one prefill (opt-in)

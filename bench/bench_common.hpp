@@ -74,6 +74,27 @@ inline const Inputs& inputs(Index lq, Index lk, Index qcols, Index kcols, Index 
   return in;
 }
 
+/// The 16-bit copies of the last Inputs (rounded once, kept as the float ones are).
+template <class S>
+struct Inputs16 {
+  attend::Matrix<S> q, k, v;
+};
+template <class S>
+inline const Inputs16<S>& inputs16(const Inputs& in) {
+  static const Inputs* from = nullptr;
+  static Index rows = -1;
+  static Inputs16<S> out;
+  if (from != &in || rows != in.k.rows() + in.q.rows()) {
+    out = Inputs16<S>{in.q.cast<S>(), in.k.cast<S>(), in.v.cast<S>()};
+    from = &in;
+    rows = in.k.rows() + in.q.rows();
+  }
+  return out;
+}
+
+/// Storage types by number, for benchmark arguments: 0 float, 1 bfloat16, 2 half.
+inline const char* storage_name(long type) { return type == 1 ? "bf16" : type == 2 ? "half" : "float"; }
+
 /// The naive materializing baseline: per query head h (kv head h / (H/G)), the full score matrix
 /// S = (Q_h * scale) * K_g^T as one GEMM, the mask applied by zeroing hidden entries after a stable softmax over
 /// the visible ones (bottom-right causal: row i sees keys j <= i + Lk - Lq), then O_h = P * V_g.

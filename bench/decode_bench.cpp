@@ -5,6 +5,8 @@
 //   attend_decode/S:<cache>/Lq:<n>/real_time    attend::multi_head_attention(q [n, 32*128], k, v [S, 8*128],
 //                                               Heads{32, 8}, Mask::causal())
 //   naive_decode/...same args...                bench::naive_attention, one query head at a time
+//   attend_decode16/...same args.../type:<1|2>  float q over k, v rounded to bfloat16 (1) or half (2): a 16-bit
+//                                               KV cache (GBps counts the 16-bit bytes read)
 //   triad/MiB:<per array>/real_time             a[i] = b[i] + s * c[i] (STREAM triad, float, OpenMP static split)
 //   read/MiB:<array>/real_time                  sum of an array (read-only bandwidth)
 //
@@ -25,9 +27,9 @@ constexpr int kQueryHeads = 32;
 constexpr int kKvHeads = 8;
 constexpr Index kHeadDim = 128;
 
-void decode_counters(benchmark::State& state, Index cache, Index lq) {
+void decode_counters(benchmark::State& state, Index cache, Index lq, std::size_t bytes_per_value = sizeof(float)) {
   bench::common_counters(state);
-  const double kv_bytes = double(cache) * kKvHeads * kHeadDim * 2 * sizeof(float);
+  const double kv_bytes = double(cache) * kKvHeads * kHeadDim * 2 * double(bytes_per_value);
   state.counters["GBps"] = bench::rate(1e-9 * kv_bytes);
   state.counters["GFLOPS"] =
       bench::rate(1e-9 * bench::attention_flops(lq, cache, kHeadDim, kQueryHeads, /*causal=*/true, /*exact=*/true));
@@ -68,6 +70,39 @@ void decode_args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(attend_decode)->Apply(decode_args);
 BENCHMARK(naive_decode)->Apply(decode_args);
+
+template <class S>
+void decode16(benchmark::State& state, Index cache, Index lq) {
+  const bench::Inputs& in = bench::inputs(lq, cache, kQueryHeads * kHeadDim, kKvHeads * kHeadDim, kKvHeads * kHeadDim);
+  const bench::Inputs16<S>& kv = bench::inputs16<S>(in);
+  attend::Options options;
+  options.mask = attend::Mask::causal();
+  for (auto _ : state) {
+    Mat out = attend::multi_head_attention(in.q, kv.k, kv.v, attend::Heads{kQueryHeads, kKvHeads}, options);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(attend::bf16_path());
+}
+
+void attend_decode16(benchmark::State& state) {
+  const Index cache = state.range(0), lq = state.range(1);
+  if (state.range(2) == 1)
+    decode16<Eigen::bfloat16>(state, cache, lq);
+  else
+    decode16<Eigen::half>(state, cache, lq);
+  decode_counters(state, cache, lq, 2);
+}
+
+void decode16_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"S", "Lq", "type"});
+  for (int type : {1, 2})
+    for (int cache : {4096, 16384})
+      for (int lq : {1, 4}) b->Args({cache, lq, type});
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+BENCHMARK(attend_decode16)->Apply(decode16_args);
 
 // ------------------------------------------------------------------------------------------------------------
 // Memory bandwidth of this machine, same run

@@ -121,7 +121,9 @@ bool same(const M& a, const M& b) {
                     [](float x, float y) { return x == y || (std::isnan(x) && std::isnan(y)); });
 }
 bool same(const MD& a, const MD& b) { return a.rows() == b.rows() && a.cols() == b.cols() && a == b; }
-bool same(const Vec& a, const Vec& b) { return a.size() == b.size() && a == b; }
+bool same(const Vec& a, const Vec& b) {
+  return a.size() == b.size() && (a.array() == b.array() || (a.array().isNaN() && b.array().isNaN())).all();
+}
 bool same(const attend::Linear<float>& a, const attend::Linear<float>& b) {
   return same(a.weight, b.weight) && same(a.bias, b.bias);
 }
@@ -457,6 +459,20 @@ void add_single_head(Catalogue& c) {
             {p, bo.fragment});
     }
   }
+  // An out whose rows overlap in memory (outer stride below the row length): rows written over each other.
+  c.add("SdpaInto_OutRowsOverlap",
+        [](World& w) {
+          Eigen::Map<M, 0, Eigen::OuterStride<>> out(w.out.data(), 4, 6, Eigen::OuterStride<>(2));
+          attend::scaled_dot_product_attention_into(w.q, w.k, w.v, out);
+        },
+        {prefix("scaled_dot_product_attention_into"), "out has rows of 6 values 2 apart (out [4, 6])",
+         "its rows overlap in memory, expected an outer stride of at least 6"});
+  c.add("SdpaInto_OutRowsOverlapBackwards",
+        [](World& w) {
+          Eigen::Map<M, 0, Eigen::OuterStride<>> out(w.out.data() + 9, 4, 6, Eigen::OuterStride<>(-3));
+          attend::scaled_dot_product_attention_into(w.q, w.k, w.v, out);
+        },
+        {prefix("scaled_dot_product_attention_into"), "out has rows of 6 values -3 apart"});
   // The reference takes its bias as a double matrix by pointer.
   c.add("RefSdpa_BiasRows",
         [](World& w) { attend::reference::scaled_dot_product_attention(w.q, w.k, w.v, Options{}, &w.bias_rows_d); },
@@ -517,6 +533,13 @@ void add_multi_head(Catalogue& c) {
             {p, bo.fragment});
     }
   }
+  c.add("MhaInto_OutRowsOverlap",
+        [](World& w) {
+          Eigen::Map<M, 0, Eigen::OuterStride<>> out(w.outh.data(), 4, 12, Eigen::OuterStride<>(5));
+          attend::multi_head_attention_into(w.qh, w.kh, w.vh, Heads{4, 2}, out);
+        },
+        {prefix("multi_head_attention_into"), "out has rows of 12 values 5 apart (out [4, 12])",
+         "its rows overlap in memory"});
   // multi_query_attention: one kv head, so only the query count and the widths can be wrong.
   const std::string p = prefix("multi_query_attention");
   c.add("Mqa_QueryHeads0", [](World& w) { attend::multi_query_attention(w.qh, w.kq, w.vq, 0); },
@@ -728,6 +751,25 @@ void add_mha(Catalogue& c) {
   c.add("MhaCached_CacheOfLargerHeadDim", [](World& w) { Mha(16, 4, 2, 6).forward(w.x, w.cache); },
         {f, "cache holds keys of 8", "expected 12 and 12"});
   c.add("MhaCached_CacheOfMqa", [](World& w) { Mha(16, 4, 1, 4).forward(w.x, w.cache); }, {f, "expected 4 and 4"});
+  // The same widths (8 features per token) in other heads: the cache remembers the layout of the layer that filled
+  // it (2 kv heads of head dim 4).
+  c.add("MhaCached_CacheOfSameWidthMoreKvHeads", [](World& w) { Mha(16, 4, 4, 2).forward(w.x, w.cache); },
+        {f, "cache holds tokens of 2 kv heads of head dim 4 (8 features per token), expected 4 kv heads of head dim 2",
+         "filled by a layer of other sizes"});
+  c.add("MhaCached_CacheOfSameWidthMqa", [](World& w) { Mha(16, 4, 1, 8).forward(w.x, w.cache); },
+        {f, "cache holds tokens of 2 kv heads of head dim 4", "expected 1 kv heads of head dim 8"});
+  const std::string ak = prefix("KVCache::append");
+  c.add(
+      "KvCacheAppend_OtherLayoutOfTheSameWidth", [](World& w) { w.cache.append(w.kh, w.kh, 4, 2); },
+      {ak, "cache holds tokens of 2 kv heads of head dim 4 (8 features per token), expected 4 kv heads of head dim 2"});
+  c.add("KvCacheAppend_LayoutOfOtherWidth", [](World& w) { w.cache.append(w.kh, w.kh, 3, 2); },
+        {ak, "k is [5, 8] and v [5, 8], expected kv_heads (3) * head_dim (2) = 6 columns in both"});
+  c.add("KvCacheAppend_KvHeads0", [](World& w) { w.cache.append(w.kh, w.kh, 0, 8); },
+        {ak, "kv_heads is 0 and head_dim 8, expected both at least 1"});
+  c.add("KvCacheAppend_RowsDiffer", [](World& w) { w.cache.append(w.kh, w.v_long, 2, 4); },
+        {ak, "k has 5 rows and v 6, expected one row per token in both"});
+  c.add("KvCacheAppend_OtherWidthsWithoutLayout", [](World& w) { w.cache.append(w.kh_wide, w.kh_wide); },
+        {ak, "cache holds keys of 8 and values of 8 features per token, expected 12 and 12"});
 
   const std::string rk = prefix("KVCache::reserve");
   c.add("KvCacheReserve_OtherWidths", [](World& w) { w.cache.reserve(100, 4, 4); },
@@ -908,6 +950,24 @@ void add_conversions(Catalogue& c) {
       "ToLatent_SourceSizes", [](World& w) { w.mha.kv_heads = 3; }, [](World& w) { attend::to_latent(w.mha, 4); },
       {l, "kv_heads 3", "are invalid"});
 
+  // Non-finite weights: the conversions would spread them (pooled heads, every singular vector) or copy them.
+  for (const auto& [name, spoil, fragment] :
+       std::vector<std::tuple<std::string, std::function<void(Mha&)>, std::string>>{
+           {"KProjWeightNaN", [](Mha& m) { m.k_proj.weight(3, 5) = kNaN; }, "k_proj.weight[3, 5] is nan"},
+           {"VProjWeightInf", [](Mha& m) { m.v_proj.weight(7, 0) = kInf; }, "v_proj.weight[7, 0] is inf"},
+           {"QProjWeightNaN", [](Mha& m) { m.q_proj.weight(0, 15) = kNaN; }, "q_proj.weight[0, 15] is nan"},
+           {"OProjWeightMinusInf", [](Mha& m) { m.o_proj.weight(15, 2) = -kInf; }, "o_proj.weight[15, 2] is -inf"},
+           {"KProjBiasInf", [](Mha& m) { m.k_proj.bias(1) = kInf; }, "k_proj.bias[1] is inf, expected finite biases"},
+           {"OProjBiasNaN", [](Mha& m) { m.o_proj.bias(4) = kNaN; }, "o_proj.bias[4] is nan"}}) {
+    const auto sp = spoil;
+    c.add(
+        "ToGrouped_" + name, [sp](World& w) { sp(w.mha); }, [](World& w) { attend::to_grouped(w.mha, 1); },
+        {g, fragment, fragment.find("bias") == std::string::npos ? "expected finite weights" : "expected finite"});
+    c.add(
+        "ToLatent_" + name, [sp](World& w) { sp(w.mha); }, [](World& w) { attend::to_latent(w.mha, 8); },
+        {l, fragment});
+  }
+
   const std::string s = prefix("kv_singular_values");
   c.add(
       "KvSingularValues_SourceWeights", [](World& w) { w.mha.k_proj.weight = M::Zero(8, 12); },
@@ -918,6 +978,12 @@ void add_conversions(Catalogue& c) {
   c.add(
       "KvSingularValues_SourceSizes", [](World& w) { w.mha.head_dim = 0; },
       [](World& w) { attend::kv_singular_values(w.mha); }, {s, "head_dim 0", "are invalid"});
+  c.add(
+      "KvSingularValues_KProjWeightNaN", [](World& w) { w.mha.k_proj.weight(2, 9) = kNaN; },
+      [](World& w) { attend::kv_singular_values(w.mha); }, {s, "k_proj.weight[2, 9] is nan, expected finite weights"});
+  c.add(
+      "KvSingularValues_VProjWeightInf", [](World& w) { w.mha.v_proj.weight(0, 0) = -kInf; },
+      [](World& w) { attend::kv_singular_values(w.mha); }, {s, "v_proj.weight[0, 0] is -inf"});
 }
 
 // The backward's own arguments: out, lse and dout against q and v, and the layers' dy.

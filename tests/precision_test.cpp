@@ -250,6 +250,40 @@ TYPED_TEST(Precision, MergeAndSinksWorkOn16BitResults) {
   EXPECT_LE(lse_nmse(merged.lse, want.lse), 1e-4);
 }
 
+// A float layer decoding through a cache stored in 16 bits gives the rows of the float kernel over the rounded
+// keys and values (only the cache is rounded); MLA's absorbed decode over a 16-bit latent cache stays within the
+// contract's NMSE of its float forward.
+TYPED_TEST(Precision, LayersDecodingOver16BitCachesRoundOnlyTheCache) {
+  using S = TypeParam;
+  std::mt19937 rng(86);
+  const auto mha = attend_test::random_mha<float>(64, 8, 2, 16, rng);
+  const Matrix<float> x = attend_test::random_matrix<float>(70, 64, rng);
+  Options o;
+  o.mask = Mask::causal();
+  for (Bf16Path path : paths()) {
+    const ForcePath force(path);
+    attend::KVCache<float, S> cache;
+    Matrix<float> y(70, 64);
+    for (auto [b, n] : {std::pair<Index, Index>{0, 40}, {40, 1}, {41, 29}})
+      y.middleRows(b, n) = mha.forward(x.middleRows(b, n), cache, o);
+    EXPECT_EQ(cache.bytes(), std::size_t(70 * 2 * 2 * 16 * sizeof(S)));
+    const Matrix<float> q = mha.q_proj(x), k = mha.k_proj(x), v = mha.v_proj(x);
+    const Matrix<S> k16 = k.cast<S>(), v16 = v.cast<S>();
+    const Matrix<float> want = mha.o_proj(attend::multi_head_attention(q, k16, v16, Heads{8, 2}, o));
+    EXPECT_LE(attend_test::max_abs_diff(y, want), 1e-5 * (1 + want.cwiseAbs().maxCoeff()))
+        << attend::detail::path_name(path);
+
+    typename attend::MultiHeadLatentAttention<float>::Config cfg{64, 4, 0, 32, 16, 8, 16};
+    attend::MultiHeadLatentAttention<float> mla(cfg);
+    for (auto* lin : {&mla.q_proj, &mla.kv_a_proj_with_mqa, &mla.kv_b_proj, &mla.o_proj})
+      attend_test::randomize(*lin, rng, false);
+    attend::LatentCache<float, S> latent;
+    Matrix<float> z(70, 64);
+    for (Index i = 0; i < 70; i += 10) z.middleRows(i, 10) = mla.forward(x.middleRows(i, 10), latent, o);
+    EXPECT_LE(nmse(z, mla.forward(x, o)), 1e-4) << attend::detail::path_name(path);
+  }
+}
+
 TEST(PrecisionPath, NamesAPathAndTheTypesComputeInFloat) {
   const std::string p = attend::bf16_path();
   EXPECT_TRUE(p == "amx" || p == "avx512bf16" || p == "generic") << p;

@@ -13,6 +13,7 @@
 ///   sinks and ALiBi: Options::sinks, alibi_slopes        options.hpp; geometric_alibi_slopes: alibi.hpp
 ///   softmax of a score matrix                            softmax.hpp
 ///   bfloat16 / half inputs and caches, bf16_path()       precision.hpp (accumulator_t: shapes.hpp)
+///   8-bit keys and values: Q8Matrix, quantize_q8         quantized.hpp; the kernels over them: quantized_attention.hpp
 ///   Linear, RMSNorm                                      linear.hpp
 ///   MultiHeadAttention (MHA/GQA/MQA layer)               layers.hpp
 ///   MultiHeadLatentAttention (DeepSeek MLA)              latent.hpp
@@ -36,6 +37,8 @@
 #include "attend/multi_head.hpp"
 #include "attend/options.hpp"
 #include "attend/precision.hpp"
+#include "attend/quantized.hpp"
+#include "attend/quantized_attention.hpp"
 #include "attend/reference.hpp"
 #include "attend/result.hpp"
 #include "attend/rope.hpp"

@@ -77,8 +77,11 @@ AttentionGradients<typename DQ::Scalar> multi_head_attention_backward(
   constexpr const char* fn = "multi_head_attention_backward";
   detail::check_multi_head(fn, q, k, v, heads, options);
   detail::check_backward(fn, q, v, heads, out, lse, dout);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
-  const detail::ConstRowsRef<T> oe(out.derived()), le(lse.derived()), ge(dout.derived());
+  Matrix<T> c[6];  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const detail::ConstRowsRef<T> qe = detail::bind_rows(q, c[0]), ke = detail::bind_rows(k, c[1]),
+                                ve = detail::bind_rows(v, c[2]);
+  const detail::ConstRowsRef<T> oe = detail::bind_rows(out, c[3]), le = detail::bind_rows(lse, c[4]),
+                                ge = detail::bind_rows(dout, c[5]);
   return detail::backward<T>(qe, ke, ve, nullptr, oe, le, ge, heads, options);
 }
 
@@ -98,8 +101,11 @@ AttentionGradients<typename DQ::Scalar> scaled_dot_product_attention_backward(
   constexpr const char* fn = "scaled_dot_product_attention_backward";
   detail::check_attention(fn, q, k, v, options);
   detail::check_backward(fn, q, v, Heads{1, 1}, out, lse, dout);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived());
-  const detail::ConstRowsRef<T> oe(out.derived()), le(lse.derived()), ge(dout.derived());
+  Matrix<T> c[6];  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const detail::ConstRowsRef<T> qe = detail::bind_rows(q, c[0]), ke = detail::bind_rows(k, c[1]),
+                                ve = detail::bind_rows(v, c[2]);
+  const detail::ConstRowsRef<T> oe = detail::bind_rows(out, c[3]), le = detail::bind_rows(lse, c[4]),
+                                ge = detail::bind_rows(dout, c[5]);
   return detail::backward<T>(qe, ke, ve, nullptr, oe, le, ge, Heads{1, 1}, options);
 }
 
@@ -121,8 +127,11 @@ AttentionGradients<typename DQ::Scalar> scaled_dot_product_attention_backward(
   detail::check_attention(fn, q, k, v, options);
   detail::check_bias(fn, bias, q, k);
   detail::check_backward(fn, q, v, Heads{1, 1}, out, lse, dout);
-  const detail::ConstRowsRef<T> qe(q.derived()), ke(k.derived()), ve(v.derived()), be(bias.derived());
-  const detail::ConstRowsRef<T> oe(out.derived()), le(lse.derived()), ge(dout.derived());
+  Matrix<T> c[7];  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const detail::ConstRowsRef<T> qe = detail::bind_rows(q, c[0]), ke = detail::bind_rows(k, c[1]),
+                                ve = detail::bind_rows(v, c[2]), be = detail::bind_rows(bias, c[6]);
+  const detail::ConstRowsRef<T> oe = detail::bind_rows(out, c[3]), le = detail::bind_rows(lse, c[4]),
+                                ge = detail::bind_rows(dout, c[5]);
   return detail::backward<T>(qe, ke, ve, &be, oe, le, ge, Heads{1, 1}, options);
 }
 
@@ -143,8 +152,10 @@ AttentionResult<typename DQ::Scalar> scaled_dot_product_attention_with_lse(const
   constexpr const char* fn = "scaled_dot_product_attention_with_lse";
   detail::check_attention(fn, q, k, v, options);
   detail::check_bias(fn, bias, q, k);
-  const detail::ConstRowsRef<T> qe(q.derived()), be(bias.derived());
-  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
+  Matrix<T> qc, bc;
+  Matrix<S> kc, vc;  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const detail::ConstRowsRef<T> qe = detail::bind_rows(q, qc), be = detail::bind_rows(bias, bc);
+  const detail::ConstRowsRef<S> ke = detail::bind_rows(k, kc), ve = detail::bind_rows(v, vc);
   AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols()), Matrix<accumulator_t<T>>(qe.rows(), 1)};
   detail::attention(detail::make_problem(qe, ke, ve, &be, Heads{1, 1}, options), r.out, &r.lse);
   return r;

@@ -83,7 +83,8 @@ struct MultiHeadLatentAttention {
     const Config& c = config;
     const Index h_count = c.heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, dv = c.v_head_dim;
     const Index r = c.kv_lora_rank, qk = nope + rope;
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
     const Matrix<T> q = queries(xe, 0);
     const Matrix<T> latent = latent_and_rope_key(xe, 0);
     const Matrix<T> kv = detail::linear(kv_b_proj.weight, kv_b_proj.bias, latent.leftCols(r));
@@ -129,7 +130,8 @@ struct MultiHeadLatentAttention {
                        ": the latent cache path cannot absorb a key bias under a softcap (use forward(x))");
     if (x.rows() == 0) return Matrix<T>(0, c.d_model);  // no token to append (see forward(x))
 
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
     const Index start = cache.size();
     const Matrix<T> q = queries(xe, start);
     cache.append(latent_and_rope_key(xe, start), r);
@@ -138,14 +140,15 @@ struct MultiHeadLatentAttention {
     // q_nope_h . b to every score of a row, which the softmax cancels (no softcap, checked above).
     Matrix<T> q_latent(xe.rows(), h_count * (r + rope));
     for (Index h = 0; h < h_count; ++h) {
-      q_latent.middleCols(h * (r + rope), r).noalias() =
-          q.middleCols(h * qk, nope) * kv_b_proj.weight.middleRows(h * (nope + dv), nope);
+      detail::product(q_latent.middleCols(h * (r + rope), r), q.middleCols(h * qk, nope),
+                      kv_b_proj.weight.middleRows(h * (nope + dv), nope));
       q_latent.middleCols(h * (r + rope) + r, rope) = q.middleCols(h * qk + nope, rope);
     }
     Matrix<T> out_latent(xe.rows(), h_count * r);
     Matrix<T> lse(xe.rows(), h_count);
     const detail::ConstRowsRef<T> qe(q_latent);
-    const detail::ConstRowsRef<S> ke(cache.entries()), ve(cache.latent());
+    const auto ke = cache.entries();  // the cache's rows as the kernel reads them (rows of S, or q8 rows)
+    const auto ve = cache.latent();
     detail::attention(detail::make_problem(qe, ke, ve, nullptr, Heads{c.heads, 1}, scaled(options)), out_latent, &lse);
 
     // W_UV absorbed into the output: o_h = W_UV_h (sum_j p_j c_j) [+ b_v when the row saw any key, since the
@@ -153,8 +156,8 @@ struct MultiHeadLatentAttention {
     Matrix<T> heads_out(xe.rows(), h_count * dv);
     for (Index h = 0; h < h_count; ++h) {
       const Index v_rows = h * (nope + dv) + nope;
-      heads_out.middleCols(h * dv, dv).noalias() =
-          out_latent.middleCols(h * r, r) * kv_b_proj.weight.middleRows(v_rows, dv).transpose();
+      detail::product(heads_out.middleCols(h * dv, dv), out_latent.middleCols(h * r, r),
+                      kv_b_proj.weight.middleRows(v_rows, dv).transpose());
       if (has_kv_bias)
         for (Index i = 0; i < xe.rows(); ++i)
           if (lse(i, h) != -std::numeric_limits<T>::infinity())
@@ -188,7 +191,8 @@ struct MultiHeadLatentAttention {
     detail::static_check_scalars<T, Derived, Dy>();
     check(fn, x, options);
     detail::check_output_gradient(fn, dy, x.rows(), config.d_model);
-    const detail::ConstRowsRef<T> xe(x.derived()), dye(dy.derived());
+    Matrix<T> xc, dyc;  // see detail::bind_rows
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, xc), dye = detail::bind_rows(dy, dyc);
     return detail::mla_backward<T>(*this, xe, dye, options);
   }
 

@@ -56,8 +56,9 @@ struct MultiHeadAttention {
     constexpr const char* fn = "MultiHeadAttention::forward";
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
-    return attend_heads<T>(project(q_proj, xe), project(k_proj, xe), project(v_proj, xe), options);
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
+    return attend_heads(project(q_proj, xe), rows(project(k_proj, xe)), rows(project(v_proj, xe)), options);
   }
 
   /// Cross-attention: queries from x, keys and values from `context` (another sequence, S rows).
@@ -71,8 +72,9 @@ struct MultiHeadAttention {
     detail::static_check_scalars<T, Derived, Context>();
     check(fn, x, options);
     detail::check_input(fn, "context", context, d_model);
-    const detail::ConstRowsRef<T> ce(context.derived());
-    return attend_heads<T>(project(q_proj, x), project(k_proj, ce), project(v_proj, ce), options);
+    Matrix<T> copy;  // see detail::bind_rows
+    const detail::ConstRowsRef<T> ce = detail::bind_rows(context, copy);
+    return attend_heads(project(q_proj, x), rows(project(k_proj, ce)), rows(project(v_proj, ce)), options);
   }
 
   /// Incremental decoding: appends the n new tokens' keys and values to `cache`, then attends the new queries
@@ -80,21 +82,21 @@ struct MultiHeadAttention {
   /// sizes gives the rows of one causal forward(x), up to rounding.
   ///
   /// **Shapes:** (n,d_model) => (n,d_model); the cache grows by n tokens of 2*kv_heads*head_dim numbers.
-  /// \throws attend::shape_error as forward(x), and when the cache holds tokens of a layer of other sizes; the
-  ///         cache is unchanged then.
+  /// \throws attend::shape_error as forward(x), and when the cache holds tokens of a layer of other sizes (other
+  ///         widths, or the same widths in other kv heads and head dims); the cache is unchanged then.
   ///
-  /// The cache may store its keys and values in 16 bits (KVCache<float, Eigen::bfloat16> or <float, Eigen::half>):
-  /// they are rounded as they are appended, and the kernel reads them as stored.
+  /// The cache may store its keys and values in 16 or 8 bits (KVCache<float, Eigen::bfloat16>, <float, Eigen::half>,
+  /// <float, attend::q8>): they are rounded as they are appended, and the kernel reads them as stored.
   template <class Derived, class S>
   Matrix<T> forward(const Eigen::MatrixBase<Derived>& x, KVCache<T, S>& cache, const Options& options = {}) const {
     constexpr const char* fn = "MultiHeadAttention::forward";
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
-    const Index kv_width = Index(kv_heads) * head_dim;
-    cache.check_widths(fn, kv_width, kv_width);
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
-    cache.append(project(k_proj, xe), project(v_proj, xe));
-    return attend_heads<S>(project(q_proj, xe), cache.keys(), cache.values(), options);
+    cache.check_layout(fn, kv_heads, head_dim);
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
+    cache.append(project(k_proj, xe), project(v_proj, xe), kv_heads, head_dim);
+    return attend_heads(project(q_proj, xe), cache.keys(), cache.values(), options);
   }
 
   /// What backward() returns: the gradients of a loss with respect to the layer's input(s) and to every weight and
@@ -118,7 +120,8 @@ struct MultiHeadAttention {
     detail::static_check_scalars<T, Derived, Dy>();
     check(fn, x, options);
     detail::check_output_gradient(fn, dy, x.rows(), d_model);
-    const detail::ConstRowsRef<T> xe(x.derived()), dye(dy.derived());
+    Matrix<T> xc, dyc;  // see detail::bind_rows
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, xc), dye = detail::bind_rows(dy, dyc);
     return detail::mha_backward<T>(*this, xe, nullptr, dye, options);
   }
 
@@ -134,7 +137,9 @@ struct MultiHeadAttention {
     check(fn, x, options);
     detail::check_input(fn, "context", context, d_model);
     detail::check_output_gradient(fn, dy, x.rows(), d_model);
-    const detail::ConstRowsRef<T> xe(x.derived()), ce(context.derived()), dye(dy.derived());
+    Matrix<T> xc, cc, dyc;  // see detail::bind_rows
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, xc), ce = detail::bind_rows(context, cc),
+                                  dye = detail::bind_rows(dy, dyc);
     return detail::mha_backward<T>(*this, xe, &ce, dye, options);
   }
 
@@ -161,14 +166,17 @@ struct MultiHeadAttention {
     detail::check_options<T>(fn, options, heads);
   }
 
+  /// A projection's rows as the kernel's view (the temporary lives to the end of the full expression).
+  static detail::ConstRowsRef<T> rows(const Matrix<T>& m) { return detail::ConstRowsRef<T>(m); }
+
   template <class Derived>
   static Matrix<T> project(const Linear<T>& lin, const Eigen::MatrixBase<Derived>& x) {
     return detail::linear(lin.weight, lin.bias, x);
   }
 
-  template <class S>
-  Matrix<T> attend_heads(const detail::ConstRowsRef<T>& q, const detail::ConstRowsRef<S>& k,
-                         const detail::ConstRowsRef<S>& v, const Options& options) const {
+  /// The kernel on the heads: k and v views of any storage the kernel reads (rows of T or S, q8 rows).
+  template <class View>
+  Matrix<T> attend_heads(const detail::ConstRowsRef<T>& q, const View& k, const View& v, const Options& options) const {
     Matrix<T> heads_out(q.rows(), Index(heads) * head_dim);
     detail::attention(detail::make_problem(q, k, v, nullptr, Heads{heads, kv_heads}, options), heads_out, nullptr);
     return detail::linear(o_proj.weight, o_proj.bias, heads_out);

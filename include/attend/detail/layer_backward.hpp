@@ -36,6 +36,15 @@ void check_output_gradient(const char* fn, const Dy& dy, Index rows, Index cols)
     fail(fn, "dy is ", shape_of(dy), ", expected the output's shape [L, d_model] = ", Shape{rows, cols});
 }
 
+/// a b, blocked by the shapes alone (detail::product), so that the layers' gradients are the same bits at any
+/// thread count, as their forwards are.
+template <class A, class B>
+Matrix<typename A::Scalar> times(const A& a, const B& b) {
+  Matrix<typename A::Scalar> r(a.rows(), b.cols());
+  product(r, a, b);
+  return r;
+}
+
 /// The gradients of a Linear's weight and bias (empty when the layer has none) for input x and output gradient dy.
 template <class T, class X, class Dy>
 Linear<T> linear_gradients(const Linear<T>& layer, const X& x, const Dy& dy) {
@@ -45,7 +54,7 @@ Linear<T> linear_gradients(const Linear<T>& layer, const X& x, const Dy& dy) {
     g.bias = Vector<T>::Zero(layer.bias.size());
     return g;
   }
-  g.weight.noalias() = dy.transpose() * x;  // dW = dy^T x
+  g.weight = times(dy.transpose(), x);  // dW = dy^T x
   if (layer.bias.size() != 0) g.bias = dy.colwise().sum().transpose();
   return g;
 }
@@ -132,14 +141,14 @@ typename Layer::Gradients mha_backward(const Layer& m, const ConstRowsRef<T>& x,
   const AttentionStep<T> step(q, k, v, Heads{m.heads, m.kv_heads}, options);
   typename Layer::Gradients g;
   g.o_proj = linear_gradients(m.o_proj, step.out, dy);
-  const Matrix<T> dout = dy * m.o_proj.weight;  // d(heads out) = dy Wo
+  const Matrix<T> dout = times(dy, m.o_proj.weight);  // d(heads out) = dy Wo
   const AttentionGradients<T> a = step.backward(dout);
   g.q_proj = linear_gradients(m.q_proj, x, a.dq);
   g.k_proj = linear_gradients(m.k_proj, c, a.dk);
   g.v_proj = linear_gradients(m.v_proj, c, a.dv);
-  g.dx = a.dq * m.q_proj.weight;
-  Matrix<T> dc = a.dk * m.k_proj.weight;
-  dc.noalias() += a.dv * m.v_proj.weight;
+  g.dx = times(a.dq, m.q_proj.weight);
+  Matrix<T> dc = times(a.dk, m.k_proj.weight);
+  dc += times(a.dv, m.v_proj.weight);
   if (context)
     g.dcontext = std::move(dc);
   else
@@ -208,7 +217,7 @@ typename Layer::Gradients mla_backward(const Layer& m, const ConstRowsRef<T>& x,
 
   // Backwards.
   g.o_proj = linear_gradients(m.o_proj, step.out, dy);
-  const AttentionGradients<T> a = step.backward(dy * m.o_proj.weight);
+  const AttentionGradients<T> a = step.backward(times(dy, m.o_proj.weight));
   Matrix<T> dkv(L, heads * (nope + dv));
   Matrix<T> dk_rope = Matrix<T>::Zero(L, rope);
   for (Index h = 0; h < heads; ++h) {
@@ -219,25 +228,25 @@ typename Layer::Gradients mla_backward(const Layer& m, const ConstRowsRef<T>& x,
   rope_slice_backward_in_place<T>(dk_rope, 0, rope, 0, c.rope_theta, c.rope_layout);
   g.kv_b_proj = linear_gradients(m.kv_b_proj, cn, dkv);
   Matrix<T> dkva(L, r + rope);
-  dkva.leftCols(r) = rms_norm_backward(m.kv_a_layernorm, latent, Matrix<T>(dkv * m.kv_b_proj.weight), g.kv_a_layernorm);
+  dkva.leftCols(r) = rms_norm_backward(m.kv_a_layernorm, latent, times(dkv, m.kv_b_proj.weight), g.kv_a_layernorm);
   dkva.rightCols(rope) = dk_rope;
   g.kv_a_proj_with_mqa = linear_gradients(m.kv_a_proj_with_mqa, x, dkva);
-  g.dx = dkva * m.kv_a_proj_with_mqa.weight;
+  g.dx = times(dkva, m.kv_a_proj_with_mqa.weight);
   Matrix<T> dq = a.dq;
   for (Index h = 0; h < heads; ++h)
     rope_slice_backward_in_place<T>(dq, h * qk + nope, rope, 0, c.rope_theta, c.rope_layout);
   if (c.q_lora_rank == 0) {
     g.q_proj = linear_gradients(m.q_proj, x, dq);
-    g.dx.noalias() += dq * m.q_proj.weight;
+    g.dx += times(dq, m.q_proj.weight);
     g.q_a_proj = zero_gradients(m.q_a_proj);
     g.q_a_layernorm = zero_gradients(m.q_a_layernorm);
     g.q_b_proj = zero_gradients(m.q_b_proj);
   } else {
     g.q_proj = zero_gradients(m.q_proj);
     g.q_b_proj = linear_gradients(m.q_b_proj, qn, dq);
-    const Matrix<T> dqa = rms_norm_backward(m.q_a_layernorm, qa, Matrix<T>(dq * m.q_b_proj.weight), g.q_a_layernorm);
+    const Matrix<T> dqa = rms_norm_backward(m.q_a_layernorm, qa, times(dq, m.q_b_proj.weight), g.q_a_layernorm);
     g.q_a_proj = linear_gradients(m.q_a_proj, x, dqa);
-    g.dx.noalias() += dqa * m.q_a_proj.weight;
+    g.dx += times(dqa, m.q_a_proj.weight);
   }
   return g;
 }

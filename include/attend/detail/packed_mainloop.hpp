@@ -229,14 +229,18 @@ class PackedTile {
 
     // O += P V. Zero weights times non-finite values would poison the row: see finite.hpp.
     const auto v_rows = kv_.v.middleRows(kt, tk);
-    if ((cut_by_mask || transform_.has_bias()) && !all_finite(v_rows)) {
-      Gemm::for_each_panel(rows, [&](Index i, Index h) {
-        for (Index r = 0; r < h; ++r)
-          for (Index j = 0; j < tk; ++j) {
-            const C w = s[i * tk + j * h + r];
-            if (w != C(0)) ws_.acc_cols.row(r0 + i + r) += w * v_rows.row(j).template cast<C>();
-          }
-      });
+    bool skip_zero_weights = false;
+    if constexpr (!is_q8<S>)  // q8 values are finite: no weight is ever skipped for them
+      skip_zero_weights = (cut_by_mask || transform_.has_bias()) && !all_finite(v_rows);
+    if (skip_zero_weights) {
+      if constexpr (!is_q8<S>)
+        Gemm::for_each_panel(rows, [&](Index i, Index h) {
+          for (Index r = 0; r < h; ++r)
+            for (Index j = 0; j < tk; ++j) {
+              const C w = s[i * tk + j * h + r];
+              if (w != C(0)) ws_.acc_cols.row(r0 + i + r) += w * v_rows.row(j).template cast<C>();
+            }
+        });
     } else {
       Gemm::multiply_add(ws_.acc_cols.data() + r0, ws_.acc_cols.rows(), s, v, rows, tk, dv, v_stride, v_offset);
     }

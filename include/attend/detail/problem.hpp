@@ -8,14 +8,40 @@
 #include <type_traits>
 #include <vector>
 
+#include "attend/detail/q8_rows.hpp"
 #include "attend/masks.hpp"
 #include "attend/options.hpp"
 #include "attend/shapes.hpp"
 
 namespace attend::detail {
 
+/// How the kernel sees keys and values stored as S: row views of S (float, double, bfloat16, half), or q8 rows for
+/// the 8-bit storage tags Q8<Scale>.
+template <class S>
+struct storage {
+  using View = ConstRowsRef<S>;
+};
+template <class Scale>
+struct storage<Q8<Scale>> {
+  using View = Q8Rows<Scale>;
+};
+template <class S>
+using storage_view = typename storage<S>::View;
+
+/// The storage S of a view: the inverse of storage_view.
+template <class View>
+struct storage_of;
+template <class S>
+struct storage_of<ConstRowsRef<S>> {
+  using type = S;
+};
+template <class Scale>
+struct storage_of<Q8Rows<Scale>> {
+  using type = Q8<Scale>;
+};
+
 /// q [Lq, H*d], k [Lk, G*d], v [Lk, G*dv] and an optional bias [Lq, Lk] shared by all heads. q, the bias and the
-/// output are of T; k and v of S: the same type, or 16-bit keys and values under float queries (a 16-bit cache).
+/// output are of T; k and v of S: the same type, or 16-bit or 8-bit (Q8) keys and values under float queries.
 /// Everything is computed in C = accumulator_t<T>: float for 16-bit inputs. The views are the caller's: a Problem
 /// lives no longer than the call that built it.
 template <class T, class S = T>
@@ -24,8 +50,8 @@ struct Problem {
   using Storage = S;           ///< k, v
   using C = accumulator_t<T>;  ///< scores, softmax statistics, accumulators
   const ConstRowsRef<T>& q;
-  const ConstRowsRef<S>& k;
-  const ConstRowsRef<S>& v;
+  const storage_view<S>& k;
+  const storage_view<S>& v;
   const ConstRowsRef<T>* bias;
   Mask mask;
   C scale;          ///< folded into the queries: s = (scale * q) . k, one multiply per query instead of per score
@@ -43,8 +69,8 @@ struct Problem {
 /// The Problem of a call with validated arguments (check_multi_head() or check_attention() passed). ALiBi measures
 /// distances from the mask's diagonal: Lk - Lq, or the one Mask::with_diagonal() fixed, or `alibi_diagonal` when
 /// given (blocks of a longer sequence under a mask that has no diagonal, as ring attention's none()).
-template <class T, class S>
-Problem<T, S> make_problem(const ConstRowsRef<T>& q, const ConstRowsRef<S>& k, const ConstRowsRef<S>& v,
+template <class T, class View, class S = typename storage_of<View>::type>
+Problem<T, S> make_problem(const ConstRowsRef<T>& q, const View& k, const View& v,
                            const ConstRowsRef<typename type_identity<T>::type>* bias, Heads heads,
                            const Options& options, std::optional<Index> alibi_diagonal = std::nullopt) {
   using C = accumulator_t<T>;
@@ -72,8 +98,8 @@ Problem<T, S> make_problem(const ConstRowsRef<T>& q, const ConstRowsRef<S>& k, c
 /// read in place. This is the key storage the mainloops read; rows_of() gives them in the compute type.
 template <class S>
 struct GroupKeys {
-  ConstRowsRef<S> k;
-  ConstRowsRef<S> v;
+  storage_view<S> k;
+  storage_view<S> v;
 };
 
 /// Every group's keys and values. Without keys nothing is read from them, and a column block of an empty matrix
@@ -91,7 +117,8 @@ std::vector<GroupKeys<S>> group_keys(const Problem<T, S>& pb) {
 }
 
 /// Rows [j0, j1) of `rows` (stored as S) in the compute type C: a view of the rows themselves when S is C,
-/// else the rows converted into `scratch` (rows j0.. land at scratch row scratch_row..). The generic path for
+/// else the rows converted into the first columns of `scratch` (which may be wider; rows j0.. land at scratch
+/// row scratch_row..). The generic path for
 /// 16-bit storage: tiles converted to float, then the float mainloops.
 template <class C, class S>
 const C* rows_of(const ConstRowsRef<S>& rows, Index j0, Index j1, Matrix<C>& scratch, Index scratch_row,
@@ -101,7 +128,7 @@ const C* rows_of(const ConstRowsRef<S>& rows, Index j0, Index j1, Matrix<C>& scr
     stride = rows.outerStride();
     return rows.data() + j0 * rows.outerStride();
   } else {
-    scratch.middleRows(scratch_row, j1 - j0) = rows.middleRows(j0, j1 - j0).template cast<C>();
+    scratch.block(scratch_row, 0, j1 - j0, rows.cols()) = rows.middleRows(j0, j1 - j0).template cast<C>();
     stride = scratch.outerStride();
     return scratch.data() + scratch_row * scratch.outerStride();
   }

@@ -23,7 +23,7 @@
 #include "attend/detail/problem.hpp"
 #include "attend/detail/query_tile.hpp"
 #include "attend/detail/row_products.hpp"
-#include "attend/detail/row_products16.hpp"
+#include "attend/detail/row_products_narrow.hpp"
 #include "attend/detail/score_transform.hpp"
 #include "attend/shapes.hpp"
 
@@ -52,7 +52,7 @@ struct RowsWorkspace {
 
 /// One query tile through the rows mainloop: the constructor, absorb() key tiles in increasing order, finish().
 /// Keys and values stored in 16 bits are converted to C a few key rows at a time as they are read, or read in
-/// their storage by detail::RowProducts16 where the CPU can.
+/// their storage by detail::RowProductsNarrow where the CPU can (as are 8-bit ones).
 template <class T, class S = T>
 class RowsTile {
  public:
@@ -63,7 +63,7 @@ class RowsTile {
     const Index rows = tile_.rows();
     ATTEND_DASSERT(rows <= ws.q.rows(), "the tile's rows fit the rows workspace");
     ATTEND_DASSERT((std::is_same_v<C, S> || ws.k_rows.rows() == ws.scores.cols()),
-                   "a workspace for 16-bit keys holds a converted key tile");
+                   "a workspace for narrow keys holds a converted key tile");
     tile_.load_queries(ws.q);
     ws.max.head(rows).setConstant(-std::numeric_limits<C>::infinity());
     ws.sum.head(rows).setZero();
@@ -120,13 +120,13 @@ class RowsTile {
     const auto q = ws_.q.middleRows(r0, rows);
     C* s = &ws_.scores(0, j0 - kt_);
 #if defined(ATTEND_X86_DISPATCH)
-    if constexpr (is_16bit<S>)
-      if (RowProducts16<S>::available()) {
-        const auto k = kv_.k.middleRows(j0, j1 - j0);
+    if constexpr (is_16bit<S> || is_q8<S>)
+      if (narrow_products_available()) {
+        using Products = RowProductsNarrow<decltype(narrow_rows(kv_.k, 0))>;
         const Index ahead = std::min(j1 - j0, kt_ + tk_ - j1);  // the tile's next key rows
-        if (ahead > 0) RowProducts16<S>::prefetch(kv_.k.row(j1).data(), kv_.k.outerStride(), ahead, kv_.k.cols());
-        RowProducts16<S>::scores(s, ws_.scores.outerStride(), q.data(), q.outerStride(), rows, k.data(),
-                                 k.outerStride(), j1 - j0, tile_.problem().d);
+        if (ahead > 0) Products::prefetch(narrow_rows(kv_.k, j1), ahead, kv_.k.cols());
+        Products::scores(s, ws_.scores.outerStride(), q.data(), q.outerStride(), rows, narrow_rows(kv_.k, j0), j1 - j0,
+                         tile_.problem().d);
         return;
       }
 #endif
@@ -169,21 +169,21 @@ class RowsTile {
     auto acc = ws_.acc.middleRows(r0, rows);
     const C* p = &ws_.scores(0, j0 - kt_);
     const Index ldp = ws_.scores.outerStride(), dv = tile_.problem().dv;
-    if (skip_zero_weights_) {
-      const auto v = kv_.v.middleRows(j0, j1 - j0);
-      for (Index r = 0; r < rows; ++r)
-        for (Index j = 0; j < j1 - j0; ++j)
-          if (p[r * ldp + j] != C(0)) acc.row(r) += p[r * ldp + j] * v.row(j).template cast<C>();
-      return;
-    }
-#if defined(ATTEND_X86_DISPATCH)
-    if constexpr (is_16bit<S>)
-      if (RowProducts16<S>::available()) {
+    if constexpr (!is_q8<S>)  // q8 values are finite: no weight is ever skipped for them
+      if (skip_zero_weights_) {
         const auto v = kv_.v.middleRows(j0, j1 - j0);
+        for (Index r = 0; r < rows; ++r)
+          for (Index j = 0; j < j1 - j0; ++j)
+            if (p[r * ldp + j] != C(0)) acc.row(r) += p[r * ldp + j] * v.row(j).template cast<C>();
+        return;
+      }
+#if defined(ATTEND_X86_DISPATCH)
+    if constexpr (is_16bit<S> || is_q8<S>)
+      if (narrow_products_available()) {
+        using Products = RowProductsNarrow<decltype(narrow_rows(kv_.v, 0))>;
         const Index ahead = std::min(j1 - j0, kt_ + tk_ - j1);
-        if (ahead > 0) RowProducts16<S>::prefetch(kv_.v.row(j1).data(), kv_.v.outerStride(), ahead, kv_.v.cols());
-        RowProducts16<S>::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, v.data(), v.outerStride(), j1 - j0,
-                                     dv);
+        if (ahead > 0) Products::prefetch(narrow_rows(kv_.v, j1), ahead, kv_.v.cols());
+        Products::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, narrow_rows(kv_.v, j0), j1 - j0, dv);
         return;
       }
 #endif
