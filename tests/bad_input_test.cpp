@@ -76,6 +76,8 @@ struct World {
   attend::Linear<float> lin;                   // [4,8] with a bias
   attend::RMSNorm<float> norm;                 // weight of 8
   M xl;                                        // [2,8]
+  // Backward inputs: the single-head lse [4,1] (out and dout are out [4,6]; multi-head: outh and parts[0].lse).
+  M lse_one;
 };
 
 World make_world() {
@@ -106,6 +108,7 @@ World make_world() {
   w.lin.weight = rnd(4, 8), w.lin.bias = Vec::Ones(4);
   w.norm.weight = Vec::Ones(8);
   w.xl = rnd(2, 8);
+  w.lse_one = rnd(4, 1);
   return w;
 }
 
@@ -196,6 +199,7 @@ std::string first_difference(const World& a, const World& b) {
   if (differs(a.lin, b.lin)) return "lin";
   if (differs(a.norm, b.norm)) return "norm";
   if (differs(a.xl, b.xl)) return "xl";
+  if (differs(a.lse_one, b.lse_one)) return "lse_one";
   // clang-format on
   if (a.parts.size() != b.parts.size()) return "parts";
   for (std::size_t i = 0; i < a.parts.size(); ++i)
@@ -325,6 +329,18 @@ std::vector<Kernel> single_head_kernels() {
        [](World&, const M& q, const M& k, const M&, const M& b, M&, const Options& o) {
          attend::attention_weights(q, k, b, o);
        }},
+      {"SdpaBackward", "scaled_dot_product_attention_backward", true, false, false,
+       [](World& w, const M& q, const M& k, const M& v, const M&, M&, const Options& o) {
+         attend::scaled_dot_product_attention_backward(q, k, v, w.out, w.lse_one, w.out, o);
+       }},
+      {"SdpaBackwardBias", "scaled_dot_product_attention_backward", true, true, false,
+       [](World& w, const M& q, const M& k, const M& v, const M& b, M&, const Options& o) {
+         attend::scaled_dot_product_attention_backward(q, k, v, b, w.out, w.lse_one, w.out, o);
+       }},
+      {"SdpaLseBias", "scaled_dot_product_attention_with_lse", true, true, false,
+       [](World&, const M& q, const M& k, const M& v, const M& b, M&, const Options& o) {
+         attend::scaled_dot_product_attention_with_lse(q, k, v, b, o);
+       }},
       {"RefSdpa", "reference::scaled_dot_product_attention", true, false, false,
        [](World&, const M& q, const M& k, const M& v, const M&, M&, const Options& o) {
          attend::reference::scaled_dot_product_attention(q, k, v, o);
@@ -360,6 +376,10 @@ std::vector<MultiKernel> multi_head_kernels() {
       {"Gqa", "grouped_query_attention", false,
        [](World&, const M& q, const M& k, const M& v, Heads h, M&, const Options& o) {
          attend::grouped_query_attention(q, k, v, h.query, h.kv, o);
+       }},
+      {"MhaBackward", "multi_head_attention_backward", false,
+       [](World& w, const M& q, const M& k, const M& v, Heads h, M&, const Options& o) {
+         attend::multi_head_attention_backward(q, k, v, w.outh, w.parts[0].lse, w.outh, h, o);
        }},
       {"RefMha", "reference::multi_head_attention", false,
        [](World&, const M& q, const M& k, const M& v, Heads h, M&, const Options& o) {
@@ -966,6 +986,108 @@ void add_conversions(Catalogue& c) {
       [](World& w) { attend::kv_singular_values(w.mha); }, {s, "v_proj.weight[0, 0] is -inf"});
 }
 
+// The backward's own arguments: out, lse and dout against q and v, and the layers' dy.
+void add_backward(Catalogue& c) {
+  const std::string s = prefix("scaled_dot_product_attention_backward");
+  const auto sdpa = [](const M World::*out, const M World::*lse, const M World::*dout) {
+    return [out, lse, dout](World& w) {
+      attend::scaled_dot_product_attention_backward(w.q, w.k, w.v, w.*out, w.*lse, w.*dout);
+    };
+  };
+  c.add("SdpaBackward_OutRows", sdpa(&World::out_rows, &World::lse_one, &World::out),
+        {s, "out is [3, 6], expected [Lq, H*dv] = [4, 6]", "q [4, 8]", "v [5, 6]"});
+  c.add("SdpaBackward_OutCols", sdpa(&World::out_cols, &World::lse_one, &World::out),
+        {s, "out is [4, 5], expected [Lq, H*dv] = [4, 6]"});
+  c.add("SdpaBackward_OutEmpty", sdpa(&World::out_empty, &World::lse_one, &World::out), {s, "out is [0, 0]"});
+  c.add("SdpaBackward_LseCols", sdpa(&World::out, &World::q, &World::out),
+        {s, "lse is [4, 8], expected [Lq, H] = [4, 1]", "q [4, 8]"});
+  c.add("SdpaBackward_LseEmpty", sdpa(&World::out, &World::out_empty, &World::out),
+        {s, "lse is [0, 0], expected [Lq, H] = [4, 1]"});
+  c.add("SdpaBackward_DoutRows", sdpa(&World::out, &World::lse_one, &World::out_rows),
+        {s, "dout is [3, 6], expected [Lq, H*dv] = [4, 6]", "out [4, 6]"});
+  c.add("SdpaBackward_DoutCols", sdpa(&World::out, &World::lse_one, &World::out_cols),
+        {s, "dout is [4, 5], expected [Lq, H*dv] = [4, 6]"});
+  c.add("SdpaBackwardBias_OutRows",
+        [](World& w) {
+          attend::scaled_dot_product_attention_backward(w.q, w.k, w.v, w.bias, w.out_rows, w.lse_one, w.out);
+        },
+        {s, "out is [3, 6], expected [Lq, H*dv] = [4, 6]"});
+  c.add("SdpaBackwardBias_BiasBeforeOut",
+        [](World& w) {
+          attend::scaled_dot_product_attention_backward(w.q, w.k, w.v, w.bias_t, w.out_rows, w.lse_one, w.out);
+        },
+        {s, "bias is [5, 4], expected [Lq, Lk] = [4, 5]"});
+
+  const std::string m = prefix("multi_head_attention_backward");
+  const auto mha = [](const M World::*out, const M World::*lse, const M World::*dout) {
+    return [out, lse, dout](World& w) {
+      attend::multi_head_attention_backward(w.qh, w.kh, w.vh, w.*out, w.*lse, w.*dout, Heads{4, 2});
+    };
+  };
+  c.add("MhaBackward_OutCols", mha(&World::outh_bad, &World::lse_one, &World::outh),
+        {m, "out is [4, 11], expected [Lq, H*dv] = [4, 12]", "q [4, 16]", "v [5, 6]"});
+  c.add("MhaBackward_OutRows", mha(&World::x, &World::lse_one, &World::outh),
+        {m, "out is [3, 16], expected [Lq, H*dv] = [4, 12]"});
+  c.add("MhaBackward_LseOfOneHead", mha(&World::outh, &World::lse_one, &World::outh),
+        {m, "lse is [4, 1], expected [Lq, H] = [4, 4]"});
+  c.add("MhaBackward_LseRows", mha(&World::outh, &World::bias_rows, &World::outh),
+        {m, "lse is [3, 5], expected [Lq, H] = [4, 4]"});
+  c.add("MhaBackward_DoutCols",
+        [](World& w) {
+          attend::multi_head_attention_backward(w.qh, w.kh, w.vh, w.outh, w.parts[0].lse, w.outh_bad, Heads{4, 2});
+        },
+        {m, "dout is [4, 11], expected [Lq, H*dv] = [4, 12]", "out [4, 12]"});
+  c.add("MhaBackward_DoutRows",
+        [](World& w) {
+          attend::multi_head_attention_backward(w.qh, w.kh, w.vh, w.outh, w.parts[0].lse, w.x, Heads{4, 2});
+        },
+        {m, "dout is [3, 16], expected [Lq, H*dv] = [4, 12]"});
+  c.add("MhaBackward_OutOfAnotherValueWidth",
+        [](World& w) {
+          attend::multi_head_attention_backward(w.qh, w.kq, w.vh, w.outh, w.parts[0].lse, w.outh, Heads{4, 1});
+        },
+        {m, "out is [4, 12], expected [Lq, H*dv] = [4, 24]", "v [5, 6]"});
+
+  // The layers: dy, and the checks the forward makes.
+  const std::string f = prefix("MultiHeadAttention::backward");
+  c.add("MhaSelfBackward_DyWidth", [](World& w) { w.mha.backward(w.x, w.x_narrow); },
+        {f, "dy is [3, 15], expected the output's shape [L, d_model] = [3, 16]"});
+  c.add("MhaSelfBackward_DyRows", [](World& w) { w.mha.backward(w.x, w.ctx); },
+        {f, "dy is [5, 16], expected the output's shape [L, d_model] = [3, 16]"});
+  c.add("MhaSelfBackward_InputWidth", [](World& w) { w.mha.backward(w.x_narrow, w.x); },
+        {f, "x is [3, 15], expected 16 columns (d_model)"});
+  c.add("MhaCrossBackward_DyRowsOfContext", [](World& w) { w.mha.backward(w.x, w.ctx, w.ctx); },
+        {f, "dy is [5, 16], expected the output's shape [L, d_model] = [3, 16]"});
+  c.add("MhaCrossBackward_ContextWidth", [](World& w) { w.mha.backward(w.x, w.ctx_narrow, w.x); },
+        {f, "context is [5, 17], expected 16 columns (d_model)"});
+  c.add(
+      "MhaSelfBackward_OProjBias", [](World& w) { w.mha.o_proj.bias = Vec::Zero(17); },
+      [](World& w) { w.mha.backward(w.x, w.x); }, {f, "o_proj.bias has 17 entries, expected 0 (no bias) or 16"});
+  c.add(
+      "MhaCrossBackward_KProjWeight", [](World& w) { w.mha.k_proj.weight = M::Zero(16, 8); },
+      [](World& w) { w.mha.backward(w.x, w.ctx, w.x); }, {f, "k_proj.weight is [16, 8], expected [8, 16]"});
+  for (const BadOption& bo : bad_options(4)) {
+    const Options opt = bo.options;
+    c.add("MhaSelfBackward_" + bo.name, [opt](World& w) { w.mha.backward(w.x, w.x, opt); }, {f, bo.fragment});
+    c.add("MhaCrossBackward_" + bo.name, [opt](World& w) { w.mha.backward(w.x, w.ctx, w.x, opt); }, {f, bo.fragment});
+  }
+  const std::string l = prefix("MultiHeadLatentAttention::backward");
+  c.add("MlaSelfBackward_DyWidth", [](World& w) { w.mla.backward(w.x, w.x_narrow); },
+        {l, "dy is [3, 15], expected the output's shape [L, d_model] = [3, 16]"});
+  c.add("MlaSelfBackward_DyRows", [](World& w) { w.mla_q.backward(w.x, w.ctx); }, {l, "dy is [5, 16]"});
+  c.add("MlaSelfBackward_InputWidth", [](World& w) { w.mla.backward(w.x_narrow, w.x); }, {l, "x is [3, 15]"});
+  c.add(
+      "MlaSelfBackward_KvBProjWeight", [](World& w) { w.mla.kv_b_proj.weight = M::Zero(16, 8); },
+      [](World& w) { w.mla.backward(w.x, w.x); }, {l, "kv_b_proj.weight is [16, 8], expected [16, 6]"});
+  c.add(
+      "MlaSelfBackward_QALayernorm", [](World& w) { w.mla_q.q_a_layernorm.weight = Vec::Ones(6); },
+      [](World& w) { w.mla_q.backward(w.x, w.x); }, {l, "q_a_layernorm.weight has 6 entries"});
+  for (const BadOption& bo : bad_options(2)) {
+    const Options opt = bo.options;
+    c.add("MlaSelfBackward_" + bo.name, [opt](World& w) { w.mla.backward(w.x, w.x, opt); }, {l, bo.fragment});
+  }
+}
+
 std::vector<Case> catalogue() {
   Catalogue c;
   add_single_head(c);
@@ -976,6 +1098,7 @@ std::vector<Case> catalogue() {
   add_mha(c);
   add_mla(c);
   add_conversions(c);
+  add_backward(c);
   return c.cases;
 }
 
@@ -1033,6 +1156,21 @@ TEST(BadInputWorld, GoodArgumentsAreAccepted) {
   EXPECT_NO_THROW(w.lcache.reserve(100, 6, 2));
   EXPECT_EQ(w.cache.size(), 6);  // forward(x, cache) above appended 3 tokens
   EXPECT_EQ(w.lcache.size(), 6);
+}
+
+// The backward calls succeed on the World's good arguments too.
+TEST(BadInputWorld, GoodBackwardArgumentsAreAccepted) {
+  World w = make_world();
+  EXPECT_NO_THROW(attend::scaled_dot_product_attention_backward(w.q, w.k, w.v, w.out, w.lse_one, w.out));
+  EXPECT_NO_THROW(attend::scaled_dot_product_attention_backward(w.q, w.k, w.v, w.bias, w.out, w.lse_one, w.out));
+  EXPECT_NO_THROW(attend::scaled_dot_product_attention_with_lse(w.q, w.k, w.v, w.bias));
+  EXPECT_NO_THROW(attend::multi_head_attention_backward(w.qh, w.kh, w.vh, w.outh, w.parts[0].lse, w.outh, Heads{4, 2}));
+  EXPECT_NO_THROW(
+      attend::multi_head_attention_backward(w.qh, w.kq, w.vq, M(4, 12), w.parts[0].lse, M(4, 12), Heads{4, 1}));
+  EXPECT_NO_THROW(w.mha.backward(w.x, w.x));
+  EXPECT_NO_THROW(w.mha.backward(w.x, w.ctx, w.x));
+  EXPECT_NO_THROW(w.mla.backward(w.x, w.x));
+  EXPECT_NO_THROW(w.mla_q.backward(w.x, w.x));
 }
 
 // A World compared with itself after a change is told apart: the comparison is not vacuous.

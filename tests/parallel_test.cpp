@@ -194,6 +194,7 @@ TYPED_TEST(Parallel, EveryPublicEntryPointGivesTheSameBitsAtOneAndTwoThreads) {
   const auto x = rnd(300, 512), ctx = rnd(200, 512);
   attend::RMSNorm<T> norm;
   norm.weight = attend::Vector<T>::Constant(512, T(1.3));
+  const auto dout = rnd(300, 8 * 32), dout1 = rnd(300, 48), dy = rnd(300, 512);  // gradients of the outputs
   const auto parts = [&] {
     return std::vector<attend::AttentionResult<T>>{
         attend::multi_head_attention_with_lse(q, k.topRows(150), v.topRows(150), h),
@@ -287,6 +288,31 @@ TYPED_TEST(Parallel, EveryPublicEntryPointGivesTheSameBitsAtOneAndTwoThreads) {
          return Results{as_double(l.kv_a_proj_with_mqa.weight), as_double(l.kv_b_proj.weight), as_double(l.forward(x))};
        }},
       {"kv_singular_values", [&] { return Results{Matrix<double>(attend::kv_singular_values(mha))}; }},
+      {"multi_head_attention_backward",
+       [&] {
+         const auto f = attend::multi_head_attention_with_lse(q, k, v, h, o);
+         const auto g = attend::multi_head_attention_backward(q, k, v, f.out, f.lse, dout, h, o);
+         return Results{as_double(g.dq), as_double(g.dk), as_double(g.dv)};
+       }},
+      {"scaled_dot_product_attention_backward",
+       [&] {
+         const auto f = attend::scaled_dot_product_attention_with_lse(q1, k1, v1, bias, o1);
+         const auto g = attend::scaled_dot_product_attention_backward(q1, k1, v1, bias, f.out, f.lse, dout1, o1);
+         return Results{as_double(g.dq), as_double(g.dk), as_double(g.dv)};
+       }},
+      {"MultiHeadAttention::backward",
+       [&] {
+         const auto g = mha.backward(x, dy, o), c = mha.backward(x, ctx, dy);
+         return Results{
+             as_double(g.dx), as_double(g.q_proj.weight), as_double(g.k_proj.weight), as_double(g.o_proj.bias),
+             as_double(c.dx), as_double(c.dcontext),      as_double(c.v_proj.weight)};
+       }},
+      {"MultiHeadLatentAttention::backward",
+       [&] {
+         const auto g = mla.backward(x, dy, o), g0 = mla_q0.backward(x, dy, o);
+         return Results{as_double(g.dx), as_double(g.kv_b_proj.weight), as_double(g.q_a_proj.weight), as_double(g0.dx),
+                        as_double(g0.q_proj.weight)};
+       }},
       {"reference::multi_head_attention",
        [&] { return Results{attend::reference::multi_head_attention(q.topRows(40), k, v, h, o)}; }},
       {"reference::attention_weights",

@@ -14,6 +14,7 @@
 #include "attend/caches.hpp"
 #include "attend/detail/attention.hpp"
 #include "attend/detail/checks.hpp"
+#include "attend/detail/layer_backward.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/errors.hpp"
 #include "attend/linear.hpp"
@@ -163,6 +164,36 @@ struct MultiHeadLatentAttention {
             heads_out.row(i).segment(h * dv, dv) += kv_b_proj.bias.segment(v_rows, dv).transpose();
     }
     return detail::linear(o_proj.weight, o_proj.bias, heads_out);
+  }
+
+  /// What backward() returns: the gradient of a loss with respect to x and to every weight, bias and norm weight,
+  /// shaped as the layer's (empty where the layer's is empty: q_proj or the q_a/q_b pair, absent biases, identity
+  /// norms; a norm's eps is copied from the layer, it is not a gradient).
+  struct Gradients {
+    Matrix<T> dx;  ///< [L, d_model]
+    Linear<T> q_proj, q_a_proj;
+    RMSNorm<T> q_a_layernorm;
+    Linear<T> q_b_proj, kv_a_proj_with_mqa;
+    RMSNorm<T> kv_a_layernorm;
+    Linear<T> kv_b_proj, o_proj;
+  };
+
+  /// The gradients of a loss through forward(x, options) (the decompressed form), given dy, the loss's gradient with
+  /// respect to that output: recomputes the forward (queries, latent and its norm, RoPE, kv_b_proj, attention with
+  /// its lse) and runs it backwards, attention through attend's backward kernel (attend/backward.hpp).
+  ///
+  /// **Shapes:** (L,d_model) x dy (L,d_model) => dx (L,d_model), the weights' shapes
+  /// \throws attend::shape_error as forward(x), and for a dy of another shape.
+  template <class Derived, class Dy>
+  Gradients backward(const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<Dy>& dy,
+                     const Options& options = {}) const {
+    constexpr const char* fn = "MultiHeadLatentAttention::backward";
+    detail::static_check_scalars<T, Derived, Dy>();
+    check(fn, x, options);
+    detail::check_output_gradient(fn, dy, x.rows(), config.d_model);
+    Matrix<T> xc, dyc;  // see detail::bind_rows
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, xc), dye = detail::bind_rows(dy, dyc);
+    return detail::mla_backward<T>(*this, xe, dye, options);
   }
 
   /// Numbers cached per token: the latent and the shared rope key.

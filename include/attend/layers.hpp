@@ -8,6 +8,7 @@
 #include "attend/caches.hpp"
 #include "attend/detail/attention.hpp"
 #include "attend/detail/checks.hpp"
+#include "attend/detail/layer_backward.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/errors.hpp"
 #include "attend/linear.hpp"
@@ -96,6 +97,50 @@ struct MultiHeadAttention {
     const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
     cache.append(project(k_proj, xe), project(v_proj, xe), kv_heads, head_dim);
     return attend_heads(project(q_proj, xe), cache.keys(), cache.values(), options);
+  }
+
+  /// What backward() returns: the gradients of a loss with respect to the layer's input(s) and to every weight and
+  /// bias, shaped as the layer's Linears (a bias gradient exactly where the layer has a bias).
+  struct Gradients {
+    Matrix<T> dx;                              ///< [L, d_model]
+    Matrix<T> dcontext;                        ///< [S, d_model] for cross-attention; empty for self-attention
+    Linear<T> q_proj, k_proj, v_proj, o_proj;  ///< dL/dW and dL/db of each projection
+  };
+
+  /// The gradients of a loss through forward(x, options), given dy, the loss's gradient with respect to that
+  /// output: recomputes the forward it needs (projections, attention with its lse) and runs it backwards through
+  /// attend's backward kernel (attend/backward.hpp).
+  ///
+  /// **Shapes:** (L,d_model) x dy (L,d_model) => dx (L,d_model), the weights' and biases' shapes
+  /// \throws attend::shape_error as forward(x), and for a dy of another shape.
+  template <class Derived, class Dy>
+  Gradients backward(const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<Dy>& dy,
+                     const Options& options = {}) const {
+    constexpr const char* fn = "MultiHeadAttention::backward";
+    detail::static_check_scalars<T, Derived, Dy>();
+    check(fn, x, options);
+    detail::check_output_gradient(fn, dy, x.rows(), d_model);
+    Matrix<T> xc, dyc;  // see detail::bind_rows
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, xc), dye = detail::bind_rows(dy, dyc);
+    return detail::mha_backward<T>(*this, xe, nullptr, dye, options);
+  }
+
+  /// The gradients of a loss through forward(x, context, options) (cross-attention): dx, dcontext and the weights'.
+  ///
+  /// **Shapes:** (L,d_model) x (S,d_model) x dy (L,d_model) => dx (L,d_model), dcontext (S,d_model), the weights'
+  /// \throws attend::shape_error as forward(x, context), and for a dy of another shape.
+  template <class Derived, class Context, class Dy>
+  Gradients backward(const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<Context>& context,
+                     const Eigen::MatrixBase<Dy>& dy, const Options& options = {}) const {
+    constexpr const char* fn = "MultiHeadAttention::backward";
+    detail::static_check_scalars<T, Derived, Context, Dy>();
+    check(fn, x, options);
+    detail::check_input(fn, "context", context, d_model);
+    detail::check_output_gradient(fn, dy, x.rows(), d_model);
+    Matrix<T> xc, cc, dyc;  // see detail::bind_rows
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, xc), ce = detail::bind_rows(context, cc),
+                                  dye = detail::bind_rows(dy, dyc);
+    return detail::mha_backward<T>(*this, xe, &ce, dye, options);
   }
 
   /// Numbers cached per token: a key and a value of head_dim for each kv head.
