@@ -8,6 +8,11 @@
 //                                                                    half (2), q, k, v and the output all 16-bit, on
 //                                                                    the 16-bit path generic (0), avx512bf16 (1) or
 //                                                                    amx (2) (rows for paths this CPU lacks: skipped)
+//   attend_prefill_mod/...same args.../mod:<0-3>                     attend_prefill with score modifiers: none (0),
+//                                                                    a sink per head (1), ALiBi slopes (2), both (3)
+//   attend_prefill_cache/Lq:<n>/Lk:<n>/type:<0-3>                    chunked prefill of a layer: float q (GQA 32/8,
+//                                                                    d = 128, causal) over a KVCache<float, S> of
+//                                                                    float (0), bfloat16 (1), half (2) or q8 (3)
 //   sgemm/M:<M>/K:<K>/N:<N>/real_time                                c.noalias() = a * b, row-major float
 //   amx_gemm/M:<M>/K:<K>/N:<N>/real_time                             C = A B on AMX tiles (bfloat16, float C): the
 //                                                                    16-bit mainloop's tile product alone, this
@@ -147,6 +152,86 @@ void prefill16_args(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK(attend_prefill16)->Apply(prefill16_args);
+
+// ------------------------------------------------------------------------------------------------------------
+// Score modifiers: sinks and ALiBi
+// ------------------------------------------------------------------------------------------------------------
+
+/// Options with modifier set `mod`: 0 none, 1 a sink per head, 2 ALiBi slopes, 3 both (bench::modifiers).
+void attend_prefill_mod(benchmark::State& state) {
+  const PrefillShape s = prefill_shape(state);
+  const bench::Inputs& in = bench::inputs(s.L, s.L, s.H * s.d, s.G * s.d, s.G * s.d);
+  attend::Options options = bench::modifiers(state.range(5), s.H);
+  if (s.causal) options.mask = attend::Mask::causal();
+  for (auto _ : state) {
+    Mat out = attend::multi_head_attention(in.q, in.k, in.v, attend::Heads{s.H, s.G}, options);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  prefill_counters(state, s);
+}
+
+BENCHMARK(attend_prefill_mod)
+    ->ArgNames({"L", "d", "H", "G", "causal", "mod"})
+    ->ArgsProduct({{4096}, {128}, {8}, {8}, {0, 1}, {0, 1, 2, 3}})
+    ->ArgsProduct({{1024}, {64}, {8}, {8}, {1}, {0, 1, 2, 3}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// ------------------------------------------------------------------------------------------------------------
+// Prefill over a cache
+// ------------------------------------------------------------------------------------------------------------
+
+// Chunked prefill as a layer runs it: Lq new float queries (GQA 32/8, d = 128, bottom-right causal) over the Lk
+// tokens of a KVCache<float, S> holding float (type 0), bfloat16 (1), half (2) or q8 (3) keys and values, read by
+// the kernel as the layer reads them. The 16-bit and 8-bit tiles are widened to float as they are read.
+template <class S>
+void prefill_cache(benchmark::State& state, Index lq, Index lk) {
+  constexpr int kHeads = 32, kKvHeads = 8;
+  constexpr Index kD = 128;
+  const bench::Inputs& in = bench::inputs(lq, lk, kHeads * kD, kKvHeads * kD, kKvHeads * kD);
+  attend::KVCache<float, S> cache;
+  cache.append(in.k, in.v);
+  attend::Options options;
+  options.mask = attend::Mask::causal();
+  const attend::detail::ConstRowsRef<float> q(in.q);
+  Mat out(lq, kHeads * kD);
+  for (auto _ : state) {
+    attend::detail::attention(attend::detail::make_problem(q, cache.keys(), cache.values(), nullptr,
+                                                           attend::Heads{kHeads, kKvHeads}, options),
+                              out, nullptr);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  bench::common_counters(state);
+  state.counters["GFLOPS"] = bench::rate(1e-9 * bench::attention_flops(lq, lk, kD, kHeads, true, true));
+  state.counters["KV_MiB"] = double(cache.bytes()) / (1 << 20);
+}
+
+void attend_prefill_cache(benchmark::State& state) {
+  const Index lq = state.range(0), lk = state.range(1);
+  switch (state.range(2)) {
+    case 0:
+      prefill_cache<float>(state, lq, lk);
+      break;
+    case 1:
+      prefill_cache<Eigen::bfloat16>(state, lq, lk);
+      break;
+    case 2:
+      prefill_cache<Eigen::half>(state, lq, lk);
+      break;
+    default:
+      prefill_cache<attend::q8>(state, lq, lk);
+      break;
+  }
+}
+
+BENCHMARK(attend_prefill_cache)
+    ->ArgNames({"Lq", "Lk", "type"})
+    ->ArgsProduct({{1024}, {1024}, {0, 1, 2, 3}})
+    ->ArgsProduct({{256}, {4096}, {0, 1, 2, 3}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 // ------------------------------------------------------------------------------------------------------------
 // SGEMM reference

@@ -92,6 +92,16 @@ inline const Inputs16<S>& inputs16(const Inputs& in) {
   return out;
 }
 
+/// Options with the score modifiers numbered `mod`: 0 none, 1 a sink per head (logits from -1 to 1), 2 ALiBi
+/// (geometric_alibi_slopes), 3 both.
+inline attend::Options modifiers(long mod, int heads) {
+  attend::Options o;
+  if (mod & 1)
+    for (int h = 0; h < heads; ++h) o.sinks.push_back(-1.0 + 2.0 * h / std::max(1, heads - 1));
+  if (mod & 2) o.alibi_slopes = attend::geometric_alibi_slopes(heads);
+  return o;
+}
+
 /// Storage types by number, for benchmark arguments: 0 float, 1 bfloat16, 2 half.
 inline const char* storage_name(long type) { return type == 1 ? "bf16" : type == 2 ? "half" : "float"; }
 

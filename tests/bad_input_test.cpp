@@ -81,6 +81,8 @@ struct World {
   attend::Linear<float> lin;    // [4,8] with a bias
   attend::RMSNorm<float> norm;  // weight of 8
   M xl;                         // [2,8]
+  // Backward inputs: the single-head lse [4,1] (out and dout are out [4,6]; multi-head: outh and parts[0].lse).
+  M lse_one;
 };
 
 World make_world() {
@@ -115,6 +117,7 @@ World make_world() {
   w.lin.weight = rnd(4, 8), w.lin.bias = Vec::Ones(4);
   w.norm.weight = Vec::Ones(8);
   w.xl = rnd(2, 8);
+  w.lse_one = rnd(4, 1);
   return w;
 }
 
@@ -127,7 +130,9 @@ bool same(const M& a, const M& b) {
                     [](float x, float y) { return x == y || (std::isnan(x) && std::isnan(y)); });
 }
 bool same(const MD& a, const MD& b) { return a.rows() == b.rows() && a.cols() == b.cols() && a == b; }
-bool same(const Vec& a, const Vec& b) { return a.size() == b.size() && a == b; }
+bool same(const Vec& a, const Vec& b) {
+  return a.size() == b.size() && (a.array() == b.array() || (a.array().isNaN() && b.array().isNaN())).all();
+}
 bool same(const attend::Linear<float>& a, const attend::Linear<float>& b) {
   return same(a.weight, b.weight) && same(a.bias, b.bias);
 }
@@ -223,6 +228,7 @@ std::string first_difference(const World& a, const World& b) {
   if (differs(a.lin, b.lin)) return "lin";
   if (differs(a.norm, b.norm)) return "norm";
   if (differs(a.xl, b.xl)) return "xl";
+  if (differs(a.lse_one, b.lse_one)) return "lse_one";
   // clang-format on
   if (a.parts.size() != b.parts.size()) return "parts";
   for (std::size_t i = 0; i < a.parts.size(); ++i)
@@ -352,6 +358,18 @@ std::vector<Kernel> single_head_kernels() {
        [](World&, const M& q, const M& k, const M&, const M& b, M&, const Options& o) {
          attend::attention_weights(q, k, b, o);
        }},
+      {"SdpaBackward", "scaled_dot_product_attention_backward", true, false, false,
+       [](World& w, const M& q, const M& k, const M& v, const M&, M&, const Options& o) {
+         attend::scaled_dot_product_attention_backward(q, k, v, w.out, w.lse_one, w.out, o);
+       }},
+      {"SdpaBackwardBias", "scaled_dot_product_attention_backward", true, true, false,
+       [](World& w, const M& q, const M& k, const M& v, const M& b, M&, const Options& o) {
+         attend::scaled_dot_product_attention_backward(q, k, v, b, w.out, w.lse_one, w.out, o);
+       }},
+      {"SdpaLseBias", "scaled_dot_product_attention_with_lse", true, true, false,
+       [](World&, const M& q, const M& k, const M& v, const M& b, M&, const Options& o) {
+         attend::scaled_dot_product_attention_with_lse(q, k, v, b, o);
+       }},
       {"RefSdpa", "reference::scaled_dot_product_attention", true, false, false,
        [](World&, const M& q, const M& k, const M& v, const M&, M&, const Options& o) {
          attend::reference::scaled_dot_product_attention(q, k, v, o);
@@ -387,6 +405,10 @@ std::vector<MultiKernel> multi_head_kernels() {
       {"Gqa", "grouped_query_attention", false,
        [](World&, const M& q, const M& k, const M& v, Heads h, M&, const Options& o) {
          attend::grouped_query_attention(q, k, v, h.query, h.kv, o);
+       }},
+      {"MhaBackward", "multi_head_attention_backward", false,
+       [](World& w, const M& q, const M& k, const M& v, Heads h, M&, const Options& o) {
+         attend::multi_head_attention_backward(q, k, v, w.outh, w.parts[0].lse, w.outh, h, o);
        }},
       {"RefMha", "reference::multi_head_attention", false,
        [](World&, const M& q, const M& k, const M& v, Heads h, M&, const Options& o) {
@@ -466,6 +488,20 @@ void add_single_head(Catalogue& c) {
             {p, bo.fragment});
     }
   }
+  // An out whose rows overlap in memory (outer stride below the row length): rows written over each other.
+  c.add("SdpaInto_OutRowsOverlap",
+        [](World& w) {
+          Eigen::Map<M, 0, Eigen::OuterStride<>> out(w.out.data(), 4, 6, Eigen::OuterStride<>(2));
+          attend::scaled_dot_product_attention_into(w.q, w.k, w.v, out);
+        },
+        {prefix("scaled_dot_product_attention_into"), "out has rows of 6 values 2 apart (out [4, 6])",
+         "its rows overlap in memory, expected an outer stride of at least 6"});
+  c.add("SdpaInto_OutRowsOverlapBackwards",
+        [](World& w) {
+          Eigen::Map<M, 0, Eigen::OuterStride<>> out(w.out.data() + 9, 4, 6, Eigen::OuterStride<>(-3));
+          attend::scaled_dot_product_attention_into(w.q, w.k, w.v, out);
+        },
+        {prefix("scaled_dot_product_attention_into"), "out has rows of 6 values -3 apart"});
   // The reference takes its bias as a double matrix by pointer.
   c.add("RefSdpa_BiasRows",
         [](World& w) { attend::reference::scaled_dot_product_attention(w.q, w.k, w.v, Options{}, &w.bias_rows_d); },
@@ -526,6 +562,13 @@ void add_multi_head(Catalogue& c) {
             {p, bo.fragment});
     }
   }
+  c.add("MhaInto_OutRowsOverlap",
+        [](World& w) {
+          Eigen::Map<M, 0, Eigen::OuterStride<>> out(w.outh.data(), 4, 12, Eigen::OuterStride<>(5));
+          attend::multi_head_attention_into(w.qh, w.kh, w.vh, Heads{4, 2}, out);
+        },
+        {prefix("multi_head_attention_into"), "out has rows of 12 values 5 apart (out [4, 12])",
+         "its rows overlap in memory"});
   // multi_query_attention: one kv head, so only the query count and the widths can be wrong.
   const std::string p = prefix("multi_query_attention");
   c.add("Mqa_QueryHeads0", [](World& w) { attend::multi_query_attention(w.qh, w.kq, w.vq, 0); },
@@ -741,6 +784,25 @@ void add_mha(Catalogue& c) {
   c.add("MhaCached_CacheOfLargerHeadDim", [](World& w) { Mha(16, 4, 2, 6).forward(w.x, w.cache); },
         {f, "cache holds keys of 8", "expected 12 and 12"});
   c.add("MhaCached_CacheOfMqa", [](World& w) { Mha(16, 4, 1, 4).forward(w.x, w.cache); }, {f, "expected 4 and 4"});
+  // The same widths (8 features per token) in other heads: the cache remembers the layout of the layer that filled
+  // it (2 kv heads of head dim 4).
+  c.add("MhaCached_CacheOfSameWidthMoreKvHeads", [](World& w) { Mha(16, 4, 4, 2).forward(w.x, w.cache); },
+        {f, "cache holds tokens of 2 kv heads of head dim 4 (8 features per token), expected 4 kv heads of head dim 2",
+         "filled by a layer of other sizes"});
+  c.add("MhaCached_CacheOfSameWidthMqa", [](World& w) { Mha(16, 4, 1, 8).forward(w.x, w.cache); },
+        {f, "cache holds tokens of 2 kv heads of head dim 4", "expected 1 kv heads of head dim 8"});
+  const std::string ak = prefix("KVCache::append");
+  c.add(
+      "KvCacheAppend_OtherLayoutOfTheSameWidth", [](World& w) { w.cache.append(w.kh, w.kh, 4, 2); },
+      {ak, "cache holds tokens of 2 kv heads of head dim 4 (8 features per token), expected 4 kv heads of head dim 2"});
+  c.add("KvCacheAppend_LayoutOfOtherWidth", [](World& w) { w.cache.append(w.kh, w.kh, 3, 2); },
+        {ak, "k is [5, 8] and v [5, 8], expected kv_heads (3) * head_dim (2) = 6 columns in both"});
+  c.add("KvCacheAppend_KvHeads0", [](World& w) { w.cache.append(w.kh, w.kh, 0, 8); },
+        {ak, "kv_heads is 0 and head_dim 8, expected both at least 1"});
+  c.add("KvCacheAppend_RowsDiffer", [](World& w) { w.cache.append(w.kh, w.v_long, 2, 4); },
+        {ak, "k has 5 rows and v 6, expected one row per token in both"});
+  c.add("KvCacheAppend_OtherWidthsWithoutLayout", [](World& w) { w.cache.append(w.kh_wide, w.kh_wide); },
+        {ak, "cache holds keys of 8 and values of 8 features per token, expected 12 and 12"});
 
   const std::string rk = prefix("KVCache::reserve");
   c.add("KvCacheReserve_OtherWidths", [](World& w) { w.cache.reserve(100, 4, 4); },
@@ -925,6 +987,24 @@ void add_conversions(Catalogue& c) {
       "ToLatent_SourceSizes", [](World& w) { w.mha.kv_heads = 3; }, [](World& w) { attend::to_latent(w.mha, 4); },
       {l, "kv_heads 3", "are invalid"});
 
+  // Non-finite weights: the conversions would spread them (pooled heads, every singular vector) or copy them.
+  for (const auto& [name, spoil, fragment] :
+       std::vector<std::tuple<std::string, std::function<void(Mha&)>, std::string>>{
+           {"KProjWeightNaN", [](Mha& m) { m.k_proj.weight(3, 5) = kNaN; }, "k_proj.weight[3, 5] is nan"},
+           {"VProjWeightInf", [](Mha& m) { m.v_proj.weight(7, 0) = kInf; }, "v_proj.weight[7, 0] is inf"},
+           {"QProjWeightNaN", [](Mha& m) { m.q_proj.weight(0, 15) = kNaN; }, "q_proj.weight[0, 15] is nan"},
+           {"OProjWeightMinusInf", [](Mha& m) { m.o_proj.weight(15, 2) = -kInf; }, "o_proj.weight[15, 2] is -inf"},
+           {"KProjBiasInf", [](Mha& m) { m.k_proj.bias(1) = kInf; }, "k_proj.bias[1] is inf, expected finite biases"},
+           {"OProjBiasNaN", [](Mha& m) { m.o_proj.bias(4) = kNaN; }, "o_proj.bias[4] is nan"}}) {
+    const auto sp = spoil;
+    c.add(
+        "ToGrouped_" + name, [sp](World& w) { sp(w.mha); }, [](World& w) { attend::to_grouped(w.mha, 1); },
+        {g, fragment, fragment.find("bias") == std::string::npos ? "expected finite weights" : "expected finite"});
+    c.add(
+        "ToLatent_" + name, [sp](World& w) { sp(w.mha); }, [](World& w) { attend::to_latent(w.mha, 8); },
+        {l, fragment});
+  }
+
   const std::string s = prefix("kv_singular_values");
   c.add(
       "KvSingularValues_SourceWeights", [](World& w) { w.mha.k_proj.weight = M::Zero(8, 12); },
@@ -935,6 +1015,114 @@ void add_conversions(Catalogue& c) {
   c.add(
       "KvSingularValues_SourceSizes", [](World& w) { w.mha.head_dim = 0; },
       [](World& w) { attend::kv_singular_values(w.mha); }, {s, "head_dim 0", "are invalid"});
+  c.add(
+      "KvSingularValues_KProjWeightNaN", [](World& w) { w.mha.k_proj.weight(2, 9) = kNaN; },
+      [](World& w) { attend::kv_singular_values(w.mha); }, {s, "k_proj.weight[2, 9] is nan, expected finite weights"});
+  c.add(
+      "KvSingularValues_VProjWeightInf", [](World& w) { w.mha.v_proj.weight(0, 0) = -kInf; },
+      [](World& w) { attend::kv_singular_values(w.mha); }, {s, "v_proj.weight[0, 0] is -inf"});
+}
+
+// The backward's own arguments: out, lse and dout against q and v, and the layers' dy.
+void add_backward(Catalogue& c) {
+  const std::string s = prefix("scaled_dot_product_attention_backward");
+  const auto sdpa = [](const M World::*out, const M World::*lse, const M World::*dout) {
+    return [out, lse, dout](World& w) {
+      attend::scaled_dot_product_attention_backward(w.q, w.k, w.v, w.*out, w.*lse, w.*dout);
+    };
+  };
+  c.add("SdpaBackward_OutRows", sdpa(&World::out_rows, &World::lse_one, &World::out),
+        {s, "out is [3, 6], expected [Lq, H*dv] = [4, 6]", "q [4, 8]", "v [5, 6]"});
+  c.add("SdpaBackward_OutCols", sdpa(&World::out_cols, &World::lse_one, &World::out),
+        {s, "out is [4, 5], expected [Lq, H*dv] = [4, 6]"});
+  c.add("SdpaBackward_OutEmpty", sdpa(&World::out_empty, &World::lse_one, &World::out), {s, "out is [0, 0]"});
+  c.add("SdpaBackward_LseCols", sdpa(&World::out, &World::q, &World::out),
+        {s, "lse is [4, 8], expected [Lq, H] = [4, 1]", "q [4, 8]"});
+  c.add("SdpaBackward_LseEmpty", sdpa(&World::out, &World::out_empty, &World::out),
+        {s, "lse is [0, 0], expected [Lq, H] = [4, 1]"});
+  c.add("SdpaBackward_DoutRows", sdpa(&World::out, &World::lse_one, &World::out_rows),
+        {s, "dout is [3, 6], expected [Lq, H*dv] = [4, 6]", "out [4, 6]"});
+  c.add("SdpaBackward_DoutCols", sdpa(&World::out, &World::lse_one, &World::out_cols),
+        {s, "dout is [4, 5], expected [Lq, H*dv] = [4, 6]"});
+  c.add("SdpaBackwardBias_OutRows",
+        [](World& w) {
+          attend::scaled_dot_product_attention_backward(w.q, w.k, w.v, w.bias, w.out_rows, w.lse_one, w.out);
+        },
+        {s, "out is [3, 6], expected [Lq, H*dv] = [4, 6]"});
+  c.add("SdpaBackwardBias_BiasBeforeOut",
+        [](World& w) {
+          attend::scaled_dot_product_attention_backward(w.q, w.k, w.v, w.bias_t, w.out_rows, w.lse_one, w.out);
+        },
+        {s, "bias is [5, 4], expected [Lq, Lk] = [4, 5]"});
+
+  const std::string m = prefix("multi_head_attention_backward");
+  const auto mha = [](const M World::*out, const M World::*lse, const M World::*dout) {
+    return [out, lse, dout](World& w) {
+      attend::multi_head_attention_backward(w.qh, w.kh, w.vh, w.*out, w.*lse, w.*dout, Heads{4, 2});
+    };
+  };
+  c.add("MhaBackward_OutCols", mha(&World::outh_bad, &World::lse_one, &World::outh),
+        {m, "out is [4, 11], expected [Lq, H*dv] = [4, 12]", "q [4, 16]", "v [5, 6]"});
+  c.add("MhaBackward_OutRows", mha(&World::x, &World::lse_one, &World::outh),
+        {m, "out is [3, 16], expected [Lq, H*dv] = [4, 12]"});
+  c.add("MhaBackward_LseOfOneHead", mha(&World::outh, &World::lse_one, &World::outh),
+        {m, "lse is [4, 1], expected [Lq, H] = [4, 4]"});
+  c.add("MhaBackward_LseRows", mha(&World::outh, &World::bias_rows, &World::outh),
+        {m, "lse is [3, 5], expected [Lq, H] = [4, 4]"});
+  c.add("MhaBackward_DoutCols",
+        [](World& w) {
+          attend::multi_head_attention_backward(w.qh, w.kh, w.vh, w.outh, w.parts[0].lse, w.outh_bad, Heads{4, 2});
+        },
+        {m, "dout is [4, 11], expected [Lq, H*dv] = [4, 12]", "out [4, 12]"});
+  c.add("MhaBackward_DoutRows",
+        [](World& w) {
+          attend::multi_head_attention_backward(w.qh, w.kh, w.vh, w.outh, w.parts[0].lse, w.x, Heads{4, 2});
+        },
+        {m, "dout is [3, 16], expected [Lq, H*dv] = [4, 12]"});
+  c.add("MhaBackward_OutOfAnotherValueWidth",
+        [](World& w) {
+          attend::multi_head_attention_backward(w.qh, w.kq, w.vh, w.outh, w.parts[0].lse, w.outh, Heads{4, 1});
+        },
+        {m, "out is [4, 12], expected [Lq, H*dv] = [4, 24]", "v [5, 6]"});
+
+  // The layers: dy, and the checks the forward makes.
+  const std::string f = prefix("MultiHeadAttention::backward");
+  c.add("MhaSelfBackward_DyWidth", [](World& w) { w.mha.backward(w.x, w.x_narrow); },
+        {f, "dy is [3, 15], expected the output's shape [L, d_model] = [3, 16]"});
+  c.add("MhaSelfBackward_DyRows", [](World& w) { w.mha.backward(w.x, w.ctx); },
+        {f, "dy is [5, 16], expected the output's shape [L, d_model] = [3, 16]"});
+  c.add("MhaSelfBackward_InputWidth", [](World& w) { w.mha.backward(w.x_narrow, w.x); },
+        {f, "x is [3, 15], expected 16 columns (d_model)"});
+  c.add("MhaCrossBackward_DyRowsOfContext", [](World& w) { w.mha.backward(w.x, w.ctx, w.ctx); },
+        {f, "dy is [5, 16], expected the output's shape [L, d_model] = [3, 16]"});
+  c.add("MhaCrossBackward_ContextWidth", [](World& w) { w.mha.backward(w.x, w.ctx_narrow, w.x); },
+        {f, "context is [5, 17], expected 16 columns (d_model)"});
+  c.add(
+      "MhaSelfBackward_OProjBias", [](World& w) { w.mha.o_proj.bias = Vec::Zero(17); },
+      [](World& w) { w.mha.backward(w.x, w.x); }, {f, "o_proj.bias has 17 entries, expected 0 (no bias) or 16"});
+  c.add(
+      "MhaCrossBackward_KProjWeight", [](World& w) { w.mha.k_proj.weight = M::Zero(16, 8); },
+      [](World& w) { w.mha.backward(w.x, w.ctx, w.x); }, {f, "k_proj.weight is [16, 8], expected [8, 16]"});
+  for (const BadOption& bo : bad_options(4)) {
+    const Options opt = bo.options;
+    c.add("MhaSelfBackward_" + bo.name, [opt](World& w) { w.mha.backward(w.x, w.x, opt); }, {f, bo.fragment});
+    c.add("MhaCrossBackward_" + bo.name, [opt](World& w) { w.mha.backward(w.x, w.ctx, w.x, opt); }, {f, bo.fragment});
+  }
+  const std::string l = prefix("MultiHeadLatentAttention::backward");
+  c.add("MlaSelfBackward_DyWidth", [](World& w) { w.mla.backward(w.x, w.x_narrow); },
+        {l, "dy is [3, 15], expected the output's shape [L, d_model] = [3, 16]"});
+  c.add("MlaSelfBackward_DyRows", [](World& w) { w.mla_q.backward(w.x, w.ctx); }, {l, "dy is [5, 16]"});
+  c.add("MlaSelfBackward_InputWidth", [](World& w) { w.mla.backward(w.x_narrow, w.x); }, {l, "x is [3, 15]"});
+  c.add(
+      "MlaSelfBackward_KvBProjWeight", [](World& w) { w.mla.kv_b_proj.weight = M::Zero(16, 8); },
+      [](World& w) { w.mla.backward(w.x, w.x); }, {l, "kv_b_proj.weight is [16, 8], expected [16, 6]"});
+  c.add(
+      "MlaSelfBackward_QALayernorm", [](World& w) { w.mla_q.q_a_layernorm.weight = Vec::Ones(6); },
+      [](World& w) { w.mla_q.backward(w.x, w.x); }, {l, "q_a_layernorm.weight has 6 entries"});
+  for (const BadOption& bo : bad_options(2)) {
+    const Options opt = bo.options;
+    c.add("MlaSelfBackward_" + bo.name, [opt](World& w) { w.mla.backward(w.x, w.x, opt); }, {l, bo.fragment});
+  }
 }
 
 // Ragged batches, paged caches and the layers' continuous-batching forwards.
@@ -1102,6 +1290,7 @@ std::vector<Case> catalogue() {
   add_mla(c);
   add_conversions(c);
   add_serving(c);
+  add_backward(c);
   return c.cases;
 }
 
@@ -1167,6 +1356,21 @@ TEST(BadInputWorld, GoodArgumentsAreAccepted) {
   EXPECT_EQ(w.pcache.length(0), 6);  // 3 tokens, 2 from forward, 1 appended
   EXPECT_EQ(w.plcache.length(2), 1);
   EXPECT_EQ(w.pcache.sequences(), (std::vector<int>{0, 2}));
+}
+
+// The backward calls succeed on the World's good arguments too.
+TEST(BadInputWorld, GoodBackwardArgumentsAreAccepted) {
+  World w = make_world();
+  EXPECT_NO_THROW(attend::scaled_dot_product_attention_backward(w.q, w.k, w.v, w.out, w.lse_one, w.out));
+  EXPECT_NO_THROW(attend::scaled_dot_product_attention_backward(w.q, w.k, w.v, w.bias, w.out, w.lse_one, w.out));
+  EXPECT_NO_THROW(attend::scaled_dot_product_attention_with_lse(w.q, w.k, w.v, w.bias));
+  EXPECT_NO_THROW(attend::multi_head_attention_backward(w.qh, w.kh, w.vh, w.outh, w.parts[0].lse, w.outh, Heads{4, 2}));
+  EXPECT_NO_THROW(
+      attend::multi_head_attention_backward(w.qh, w.kq, w.vq, M(4, 12), w.parts[0].lse, M(4, 12), Heads{4, 1}));
+  EXPECT_NO_THROW(w.mha.backward(w.x, w.x));
+  EXPECT_NO_THROW(w.mha.backward(w.x, w.ctx, w.x));
+  EXPECT_NO_THROW(w.mla.backward(w.x, w.x));
+  EXPECT_NO_THROW(w.mla_q.backward(w.x, w.x));
 }
 
 // A World compared with itself after a change is told apart: the comparison is not vacuous.

@@ -246,6 +246,86 @@ TYPED_TEST(Layers, CacheGrowsGeometrically) {
   EXPECT_GE(cache.capacity(), 5000);
 }
 
+// A cache moved from (construction or assignment) is empty and serves a layer of any size, exactly as a fresh
+// cache; the cache moved to continues exactly where the source was. detail::RowStore's moves make the source
+// empty; the layout the source remembered goes with its tokens.
+TYPED_TEST(Layers, MovedFromCachesAreEmptyAndServeALayerOfAnySize) {
+  using T = TypeParam;
+  std::mt19937 rng(29);
+  const auto a = random_mha<T>(16, 4, 2, 4, rng), b = random_mha<T>(16, 4, 4, 2, rng);  // both cache 8 + 8 features
+  const auto x = random_matrix<T>(5, 16, rng), y = random_matrix<T>(3, 16, rng);
+  attend::KVCache<T> source;
+  a.forward(x, source, causal());
+  attend::KVCache<T> copy = source;  // what the moved-to cache must continue as
+  attend::KVCache<T> moved(std::move(source));
+  EXPECT_EQ(moved.size(), 5);
+  EXPECT_EQ(moved.kv_heads(), 2);
+  EXPECT_EQ(a.forward(y, moved, causal()), a.forward(y, copy, causal()));
+  // The moved-from cache: empty, no layout, and it takes b (other heads, same widths) as a fresh cache would.
+  EXPECT_EQ(source.size(), 0);
+  EXPECT_EQ(source.keys().rows(), 0);
+  EXPECT_EQ(source.kv_heads(), 0);
+  attend::KVCache<T> fresh;
+  EXPECT_EQ(b.forward(x, source, causal()), b.forward(x, fresh, causal()));
+  EXPECT_EQ(Matrix<T>(source.keys()), Matrix<T>(fresh.keys()));
+  EXPECT_EQ(source.kv_heads(), 4);
+  EXPECT_EQ(source.head_dim(), 2);
+  // Move assignment, over a cache holding tokens of another layer.
+  moved = std::move(source);
+  EXPECT_EQ(moved.size(), 5);
+  EXPECT_EQ(moved.kv_heads(), 4);
+  EXPECT_EQ(source.size(), 0);
+  attend::KVCache<T> fresh_a;
+  EXPECT_EQ(a.forward(y, source, causal()), a.forward(y, fresh_a, causal()));
+  expect_error([&] { a.forward(y, moved, causal()); }, {"expected 2 kv heads of head dim 4"});
+
+  typename attend::MultiHeadLatentAttention<T>::Config c{16, 2, 0, 6, 4, 2, 4}, c2{16, 2, 0, 4, 4, 4, 4};
+  const auto mla = random_mla<T>(c, rng), mla2 = random_mla<T>(c2, rng);  // both cache 8 features per token
+  attend::LatentCache<T> lsource;
+  mla.forward(x, lsource, causal());
+  attend::LatentCache<T> lcopy = lsource;
+  attend::LatentCache<T> lmoved(std::move(lsource));
+  EXPECT_EQ(lmoved.size(), 5);
+  EXPECT_EQ(mla.forward(y, lmoved, causal()), mla.forward(y, lcopy, causal()));
+  EXPECT_EQ(lsource.size(), 0);
+  attend::LatentCache<T> lfresh;
+  EXPECT_EQ(mla2.forward(x, lsource, causal()), mla2.forward(x, lfresh, causal()));
+  EXPECT_EQ(Matrix<T>(lsource.latent()), Matrix<T>(lfresh.latent()));
+  lmoved = std::move(lsource);
+  EXPECT_EQ(lmoved.size(), 5);
+  EXPECT_EQ(Matrix<T>(lmoved.latent()).cols(), 4);
+  EXPECT_EQ(lsource.size(), 0);
+  EXPECT_NO_THROW(mla.forward(y, lsource, causal()));
+  expect_error([&] { mla.forward(y, lmoved, causal()); }, {"cache holds latents of 4 and rope keys of 4"});
+}
+
+// The cache remembers the heads of the layer that filled it: a layer of other heads but the same widths is
+// refused (2 kv heads of 4 and 4 kv heads of 2 both cache 8 + 8 features per token), and so is an append()
+// that says another layout. An append() without a layout checks the widths only.
+TEST(LayerErrors, CachesRefuseALayerOfOtherHeadsButTheSameWidths) {
+  std::mt19937 rng(32);
+  const auto a = random_mha<float>(16, 4, 2, 4, rng), b = random_mha<float>(16, 4, 4, 2, rng);
+  const auto mqa = random_mha<float>(16, 4, 1, 8, rng);
+  const Matrix<float> x = random_matrix<float>(3, 16, rng);
+  attend::KVCache<float> cache;
+  a.forward(x, cache);
+  expect_error([&] { b.forward(x, cache); },
+               {"MultiHeadAttention::forward: cache holds tokens of 2 kv heads of head dim 4 (8 features per token), "
+                "expected 4 kv heads of head dim 2 (it was filled by a layer of other sizes)"});
+  expect_error([&] { mqa.forward(x, cache); }, {"expected 1 kv heads of head dim 8"});
+  EXPECT_EQ(cache.size(), 3);
+  cache.clear();
+  EXPECT_NO_THROW(b.forward(x, cache));  // a cleared cache serves any layer
+  EXPECT_EQ(cache.kv_heads(), 4);
+  // Filled without a layout: widths only.
+  attend::KVCache<float> raw;
+  raw.append(random_matrix<float>(2, 8, rng), random_matrix<float>(2, 8, rng));
+  EXPECT_EQ(raw.kv_heads(), 0);
+  EXPECT_NO_THROW(a.forward(x, raw));
+  EXPECT_NO_THROW(b.forward(x, raw));
+  EXPECT_EQ(raw.size(), 8);
+}
+
 TYPED_TEST(Layers, RmsNormAndLinear) {
   using T = TypeParam;
   Matrix<T> x(2, 2);

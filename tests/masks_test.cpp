@@ -1,7 +1,14 @@
-// The mask rules of the contract, checked entry by entry against their definitions.
+// The mask rules of the contract, checked entry by entry against their definitions, also for diagonals and windows
+// at the ends of Index.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <attend/attend.hpp>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "test_util.hpp"
 
 using attend::Index;
 using attend::Mask;
@@ -84,6 +91,75 @@ TEST(Mask, CausalAlignments) {
   EXPECT_EQ(Mask::sliding_window(3).keys(5, 6, 6).begin, 3);
   EXPECT_EQ(Mask::sliding_window(3).keys(5, 6, 6).size(), 3);
   EXPECT_EQ(Mask::sliding_window(3).keys(1, 6, 6).size(), 2);
+}
+
+// Diagonals and windows anywhere in Index, the ends included (Mask::with_diagonal() and sliding_window() take any):
+// the range is the exact one, as computed in 128 bits. i + diagonal + 1 - window used to overflow (undefined
+// behaviour, which UBSan reports under the asan preset) and give wrong ranges.
+#if defined(__SIZEOF_INT128__)
+__extension__ typedef __int128 Wide;  // __extension__: -Wpedantic knows no 128-bit integers
+#endif
+
+TEST(Mask, ExtremeDiagonalsAndWindowsGiveTheExactRange) {
+#if defined(__SIZEOF_INT128__)
+  constexpr Index max = std::numeric_limits<Index>::max(), min = std::numeric_limits<Index>::min();
+  const std::vector<Index> diagonals = {min, min + 1, min + 7,        min / 2, -(Index(1) << 40), -9,      -3, 0,
+                                        2,   11,      Index(1) << 40, max / 2, max - 7,           max - 1, max};
+  const std::vector<Index> windows = {1, 2, 5, 13, Index(1) << 40, max / 2, max - 7, max - 1, max};
+  int checked = 0;
+  for (Index lq : {1, 4, 9})
+    for (Index lk : {0, 1, 6, 12})
+      for (Index diagonal : diagonals) {
+        std::vector<Mask> masks = {Mask::causal().with_diagonal(diagonal),
+                                   Mask::causal_top_left().with_diagonal(diagonal)};
+        for (Index w : windows) masks.push_back(Mask::sliding_window(w).with_diagonal(diagonal));
+        for (const Mask& m : masks)
+          for (Index i = 0; i < lq; ++i) {
+            const Wide end = Wide(i) + diagonal + 1;
+            const Wide begin = m.kind() == Mask::Kind::sliding_window ? end - m.window() : 0;
+            const auto clamp = [lk](Wide x) { return Index(x < 0 ? 0 : x > lk ? lk : x); };
+            const attend::KeyRange r = m.keys(i, lq, lk);
+            ASSERT_EQ(r.begin, clamp(begin)) << m << " i=" << i << " lq=" << lq << " lk=" << lk;
+            ASSERT_EQ(r.end, clamp(end)) << m << " i=" << i << " lq=" << lq << " lk=" << lk;
+            ++checked;
+          }
+      }
+  // Without a fixed diagonal: windows up to the end of Index.
+  for (Index w : windows)
+    for (Index i = 0; i < 5; ++i) {
+      const attend::KeyRange r = Mask::sliding_window(w).keys(i, 5, 7);
+      EXPECT_EQ(r.end, i + 3);
+      EXPECT_EQ(r.begin, std::max<Index>(0, i + 3 - std::min<Index>(w, 100)));
+    }
+  EXPECT_GT(checked, 9000);
+#else
+  GTEST_SKIP() << "no 128-bit integers for the exact reference";
+#endif
+}
+
+// The kernels and the reference under the same extreme masks, with ALiBi on (its distance |i + D - j| was formed
+// in Index too): the same outputs, finite, and zero rows where no key is visible.
+TEST(Mask, KernelsWithExtremeMasksMatchTheReference) {
+  constexpr Index max = std::numeric_limits<Index>::max(), min = std::numeric_limits<Index>::min();
+  std::mt19937 rng(130);
+  const auto q = attend_test::random_matrix<double>(6, 2 * 4, rng),
+             k = attend_test::random_matrix<double>(9, 2 * 4, rng);
+  const auto v = attend_test::random_matrix<double>(9, 2 * 3, rng);
+  for (const Mask& m : {Mask::causal().with_diagonal(max), Mask::causal().with_diagonal(min),
+                        Mask::causal_top_left().with_diagonal(max - 3), Mask::sliding_window(max),
+                        Mask::sliding_window(max).with_diagonal(max), Mask::sliding_window(max - 3).with_diagonal(max),
+                        Mask::sliding_window(4).with_diagonal(min + 2), Mask::sliding_window(max).with_diagonal(min)})
+    for (const bool alibi : {false, true}) {
+      attend::Options o;
+      o.mask = m;
+      if (alibi) o.alibi_slopes = {0.5, 0.25};
+      const attend::Matrix<double> got = attend::multi_head_attention(q, k, v, attend::Heads{2, 2}, o);
+      const attend::Matrix<double> want = attend::reference::multi_head_attention(q, k, v, attend::Heads{2, 2}, o);
+      ASSERT_TRUE(got.allFinite()) << m;
+      EXPECT_LE(attend_test::max_abs_diff(got, want), 1e-12) << m << (alibi ? " with ALiBi" : "");
+      for (Index i = 0; i < 6; ++i)
+        EXPECT_TRUE(!m.keys(i, 6, 9).empty() || got.row(i).isZero(0)) << m << " row " << i << " sees no key";
+    }
 }
 
 }  // namespace

@@ -260,6 +260,159 @@ TYPED_TEST(Numerics, NanInOneTokenOfALayerStaysWhereTheMaskLetsItGo) {
   expect_rows(decoded, r, L, "mla decoded");
 }
 
+// softmax(): a NaN anywhere in a row makes that whole row NaN, wherever it sits (first, in a later packet, last,
+// among entries that are all -inf otherwise) and no other row; +inf makes its row NaN too (inf - inf, as in the
+// reference); a row of -inf only stays zero. softmax() used to zero a row holding one NaN among -inf entries.
+TYPED_TEST(Numerics, SoftmaxMakesEveryRowANanReachesNanAndNoOther) {
+  using T = TypeParam;
+  const Index lk = 37;
+  for (Index at : {Index(0), Index(5), Index(16), lk - 1})
+    for (bool others_hidden : {false, true}) {
+      std::mt19937 rng(120 + static_cast<unsigned>(at));
+      Matrix<T> s = random_matrix<T>(4, lk, rng);
+      if (others_hidden) s.row(1).setConstant(-inf<T>());
+      s(1, at) = nan<T>();
+      s.row(2).setConstant(-inf<T>());
+      s(3, at) = inf<T>();
+      const Matrix<T> p = attend::softmax(s);
+      EXPECT_TRUE(p.row(1).array().isNaN().all()) << "NaN at " << at << (others_hidden ? " among -inf" : "");
+      EXPECT_TRUE(p.row(3).array().isNaN().all()) << "+inf at " << at;
+      EXPECT_TRUE(p.row(2).isZero(0));
+      ASSERT_TRUE(p.row(0).allFinite());
+      EXPECT_NEAR(double(p.row(0).sum()), 1.0, 4 * tolerance<T>());
+    }
+}
+
+// attention_weights(): a NaN in a query row, in a visible key or in a visible bias entry makes each row it reaches
+// NaN, whole, exactly as the reference says, also where the NaN is all a row sees (causal row 0 with a NaN query,
+// a window of one); a NaN in a key or bias entry that the mask hides reaches nothing. The kernel makes the same
+// rows NaN. Before, a row that saw only NaN scores came out zero (in both attention_weights and the reference).
+TYPED_TEST(Numerics, AttentionWeightsAreNanExactlyWhereANanReaches) {
+  using T = TypeParam;
+  std::mt19937 rng(121);
+  const auto q0 = random_matrix<T>(6, 4, rng), k0 = random_matrix<T>(9, 4, rng), v = random_matrix<T>(9, 3, rng);
+  const auto b0 = random_matrix<T>(6, 9, rng);
+  struct Poison {
+    const char* what;
+    std::function<void(Matrix<T>&, Matrix<T>&, Matrix<T>&)> apply;
+  };
+  Index nan_rows = 0;
+  const std::vector<Poison> poisons = {
+      {"query row 0", [](Matrix<T>& q, Matrix<T>&, Matrix<T>&) { q(0, 1) = nan<T>(); }},
+      {"query row 4", [](Matrix<T>& q, Matrix<T>&, Matrix<T>&) { q(4, 3) = nan<T>(); }},
+      {"key 5", [](Matrix<T>&, Matrix<T>& k, Matrix<T>&) { k(5, 2) = nan<T>(); }},
+      {"key 8 (hidden from every row but the last)", [](Matrix<T>&, Matrix<T>& k, Matrix<T>&) { k(8, 0) = nan<T>(); }},
+      {"bias entries (1, 2) and (4, 8)",
+       [](Matrix<T>&, Matrix<T>&, Matrix<T>& b) { b(1, 2) = nan<T>(), b(4, 8) = nan<T>(); }},
+  };
+  for (const Poison& poison : poisons)
+    for (const Mask& m : {Mask::causal(), Mask::sliding_window(1), Mask::none()}) {
+      Matrix<T> q = q0, k = k0, b = b0;
+      poison.apply(q, k, b);
+      const Options o = with(m, std::nullopt, 3.0);
+      const Matrix<double> bd = b.template cast<double>();
+      const Matrix<T> w = attend::attention_weights(q, k, b, o);
+      const Matrix<double> want = attend::reference::attention_weights(q, k, o, &bd);
+      const Matrix<T> out = attend::scaled_dot_product_attention(q, k, v, b, o);
+      for (Index i = 0; i < 6; ++i) {
+        const bool nan_row = want.row(i).array().isNaN().all();
+        ASSERT_TRUE(nan_row || want.row(i).allFinite()) << "the reference: a row is NaN whole or not at all";
+        EXPECT_EQ(w.row(i).array().isNaN().all(), nan_row) << poison.what << ", " << m << ", row " << i;
+        EXPECT_EQ(out.row(i).array().isNaN().all(), nan_row) << "kernel: " << poison.what << ", " << m << ", row " << i;
+        if (!nan_row) {
+          EXPECT_TRUE(w.row(i).allFinite() && out.row(i).allFinite()) << poison.what << ", " << m << ", row " << i;
+          EXPECT_LE(max_abs_diff(w.row(i), want.row(i)), tolerance<T>()) << poison.what << ", " << m << ", row " << i;
+        }
+      }
+      for (Index i = 0; i < 6; ++i) nan_rows += want.row(i).hasNaN() ? 1 : 0;
+    }
+  EXPECT_GT(nan_rows, 20);  // the poisons reach rows under most masks (not the hidden bias entries in a window of 1)
+}
+
+// Weights far below the row maximum are exact to rounding down to denormals and 0, in attention_weights() and
+// softmax(), with and without a sink far above every score. The softmax now runs Eigen's vectorized exp, which alone
+// returns values near the smallest normal (up to 8e-39 in float, 6e-309 in double) for every argument below
+// log(min normal) (-87.3, -708.4), -inf included; and the sink's exp(sink - max) used to overflow float, which made
+// every weight of the row 0 (against 3.7e-44 here).
+TYPED_TEST(Numerics, WeightsFarBelowTheRowMaximumAreExactDownToZero) {
+  using T = TypeParam;
+  constexpr bool is_float = std::is_same_v<T, float>;
+  // Scores: 0 (the maximum), then a ladder from -80 to -112 (float) or -700 to -764 (double), past the smallest
+  // denormal, over 64 keys so that every packet lane holds some; the last key hidden by a -inf bias.
+  const Index lk = 64;
+  const double top = is_float ? -80 : -700, step = is_float ? 0.5 : 1.0;
+  Matrix<T> q(1, 1), k(lk, 1), bias = Matrix<T>::Zero(1, lk);
+  q << T(1);
+  for (Index j = 0; j < lk; ++j) k(j, 0) = j == 0 ? T(0) : T(top - step * double(j));
+  bias(0, lk - 1) = -inf<T>();
+  const Matrix<double> bias_d = bias.template cast<double>();
+  const double denorm = std::numeric_limits<T>::denorm_min(), eps = std::numeric_limits<T>::epsilon();
+  const auto expect_exact = [&](const Matrix<T>& got, const Matrix<double>& want, const char* what) {
+    for (Index j = 0; j < lk; ++j)
+      EXPECT_LE(std::abs(double(got(0, j)) - want(0, j)), 4 * eps * want(0, j) + denorm)
+          << what << ", key " << j << ": " << double(got(0, j)) << " against " << want(0, j);
+    EXPECT_EQ(got(0, lk - 1), T(0)) << what << ": the hidden key";
+  };
+  for (const double sink : {std::nan(""), is_float ? 100.0 : 800.0}) {
+    Options o;
+    o.scale = 1.0;
+    if (!std::isnan(sink)) o.sinks = {sink};
+    const char* what = std::isnan(sink) ? "attention_weights" : "attention_weights with a sink far above";
+    expect_exact(attend::attention_weights(q, k, bias, o), attend::reference::attention_weights(q, k, o, &bias_d),
+                 what);
+  }
+  // softmax() of the same scores.
+  Matrix<T> s = k.transpose();
+  s(0, lk - 1) = -inf<T>();
+  Matrix<double> want(1, lk);
+  double sum = 0;
+  for (Index j = 0; j < lk; ++j) sum += (want(0, j) = std::exp(double(s(0, j))));
+  want /= sum;
+  expect_exact(attend::softmax(s), want, "softmax");
+}
+
+// attention_weights() forms s = scale * (q . k) as the contract says: with q = 1e30 (1e300 in double), keys of
+// 1e-30 and 2e-30 and scale 1e9 the scores are 1e9 and 2e9, weights 0 and 1, where scaling q first overflows to
+// inf and NaN (as the blocked product of 641d62d did: Eigen's own product had applied the factor after the sums). The
+// kernel does scale q first (one multiply per query value): with one key, the lse is the score the kernel formed, and
+// it stays within rounding of scale * (q . k) (at most 3 eps * scale * sum_t |q_t k_t|; the largest measured while
+// choosing to keep the fold was 2.3).
+TYPED_TEST(Numerics, ScoresAreScaleTimesTheDotProductWithinRounding) {
+  using T = TypeParam;
+  const T big = std::is_same_v<T, float> ? T(1e30) : T(1e300);
+  Matrix<T> q(1, 2), k(2, 2);
+  q << big, T(0);
+  k << T(1) / big, T(0), T(2) / big, T(0);
+  Options o;
+  o.scale = 1e9;
+  const Matrix<T> w = attend::attention_weights(q, k, o);
+  EXPECT_EQ(w(0, 0), T(0));
+  EXPECT_EQ(w(0, 1), T(1));
+  EXPECT_LE(max_abs_diff(w, attend::reference::attention_weights(q, k, o)), tolerance<T>());
+
+  std::mt19937 rng(122);
+  const double eps = std::numeric_limits<T>::epsilon();
+  for (Index d : {16, 64, 96, 128})
+    for (std::optional<double> scale : {std::optional<double>(), std::optional<double>(0.3),
+                                        std::optional<double>(1e-3), std::optional<double>(7.7)}) {
+      const auto qs = random_matrix<T>(300, d, rng), key = random_matrix<T>(1, d, rng),
+                 val = random_matrix<T>(1, 2, rng);
+      Options os;
+      os.scale = scale;
+      const double sc = double(T(attend::detail::scale_for(os, d)));
+      const auto r = attend::scaled_dot_product_attention_with_lse(qs, key, val, os);
+      for (Index i = 0; i < qs.rows(); ++i) {
+        double exact = 0, bound = 0;
+        for (Index t = 0; t < d; ++t) {
+          exact += double(qs(i, t)) * double(key(0, t));
+          bound += std::abs(double(qs(i, t)) * double(key(0, t)));
+        }
+        ASSERT_LE(std::abs(double(r.lse(i, 0)) - sc * exact), 3 * eps * sc * bound)
+            << "d " << d << ", scale " << sc << ", row " << i;
+      }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Non-finite keys hidden by the mask.
 

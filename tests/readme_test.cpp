@@ -104,3 +104,36 @@ TEST(Readme, ServingSnippets) {
   EXPECT_EQ(cache.length(b), 1);
   EXPECT_EQ(cache.pages_in_use(), 1);
 }
+
+TEST(Readme, GradientSnippets) {
+  std::mt19937 rng(53);
+  const int L = 24;
+  const attend::Matrix<float> q = random_matrix<float>(L, 8 * 4, rng), k = random_matrix<float>(L, 2 * 4, rng);
+  const attend::Matrix<float> v = random_matrix<float>(L, 2 * 4, rng), dout = random_matrix<float>(L, 8 * 4, rng);
+  attend::Options o;
+  o.mask = attend::Mask::causal();
+
+  auto f = attend::multi_head_attention_with_lse(q, k, v, attend::Heads{8, 2}, o);  // keep out and lse
+  attend::AttentionGradients<float> g =
+      attend::multi_head_attention_backward(q, k, v, f.out, f.lse, dout, attend::Heads{8, 2}, o);
+  EXPECT_EQ(g.dq.rows(), L);
+  EXPECT_EQ(g.dq.cols(), 8 * 4);
+  EXPECT_EQ(g.dk.cols(), 2 * 4);
+  EXPECT_EQ(g.dv.cols(), 2 * 4);
+
+  attend::MultiHeadAttention<float> mha = attend_test::random_mha<float>(16, 4, 2, 4, rng);
+  const attend::Matrix<float> x = random_matrix<float>(5, 16, rng), ctx = random_matrix<float>(7, 16, rng);
+  const attend::Matrix<float> dy = random_matrix<float>(5, 16, rng);
+  auto lg = mha.backward(x, dy, o);
+  auto cg = mha.backward(x, ctx, dy, o);
+  EXPECT_EQ(lg.dx.rows(), 5);
+  EXPECT_EQ(lg.q_proj.weight.rows(), 16);
+  EXPECT_EQ(lg.q_proj.bias.size(), 16);
+  EXPECT_EQ(cg.dcontext.rows(), 7);
+
+  attend::MultiHeadLatentAttention<float> mla({16, 2, 0, 6, 4, 2, 4});
+  mla.kv_a_layernorm.weight = attend::Vector<float>::Ones(6);
+  auto mg = mla.backward(x, dy, o);
+  EXPECT_EQ(mg.dx.rows(), 5);
+  EXPECT_EQ(mg.kv_b_proj.weight.rows(), mla.kv_b_proj.weight.rows());
+}

@@ -9,6 +9,7 @@
 ///   masks (causal, top-left causal, sliding window)      masks.hpp
 ///   options: scale, softcap, mask, sinks, ALiBi; the default scale   options.hpp
 ///   results with log-sum-exp, merge_attention, apply_sinks   result.hpp
+///   gradients: multi_head_attention_backward, scaled_dot_product_attention_backward   backward.hpp
 ///   sinks and ALiBi: Options::sinks, alibi_slopes        options.hpp; geometric_alibi_slopes: alibi.hpp
 ///   softmax of a score matrix                            softmax.hpp
 ///   bfloat16 / half inputs and caches, bf16_path()       precision.hpp (accumulator_t: shapes.hpp)
@@ -27,6 +28,7 @@
 ///   ring attention across processes                      mpi.hpp (not included here)
 
 #include "attend/alibi.hpp"
+#include "attend/backward.hpp"
 #include "attend/caches.hpp"
 #include "attend/convert.hpp"
 #include "attend/errors.hpp"

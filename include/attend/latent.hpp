@@ -16,6 +16,7 @@
 #include "attend/caches.hpp"
 #include "attend/detail/attention.hpp"
 #include "attend/detail/checks.hpp"
+#include "attend/detail/layer_backward.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/errors.hpp"
 #include "attend/linear.hpp"
@@ -85,7 +86,8 @@ struct MultiHeadLatentAttention {
     const Config& c = config;
     const Index h_count = c.heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, dv = c.v_head_dim;
     const Index r = c.kv_lora_rank, qk = nope + rope;
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
     const Matrix<T> q = queries(xe, 0);
     const Matrix<T> latent = latent_and_rope_key(xe, 0);
     const Matrix<T> kv = detail::linear(kv_b_proj.weight, kv_b_proj.bias, latent.leftCols(r));
@@ -125,7 +127,8 @@ struct MultiHeadLatentAttention {
     check_key_bias(fn, options);
     if (x.rows() == 0) return Matrix<T>(0, c.d_model);  // no token to append (see forward(x))
 
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
     const Index start = cache.size();
     const Matrix<T> q = queries(xe, start);
     cache.append(latent_and_rope_key(xe, start), r);
@@ -162,7 +165,8 @@ struct MultiHeadLatentAttention {
     check_key_bias(fn, options);
     if (x.rows() == 0) return Matrix<T>(0, c.d_model);  // no token to append (see forward(x))
 
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
     Matrix<T> q = projected_queries(xe);
     Matrix<T> latent = projected_latent(xe);
     for (std::size_t b = 0; b < seqs.size(); ++b) {  // RoPE at each sequence's own positions
@@ -179,6 +183,36 @@ struct MultiHeadLatentAttention {
     detail::paged_attention<T>(q_latent, cache, seqs, x_offsets, Heads{c.heads, 1}, r + rope, r, scaled(options),
                                out_latent, &lse);
     return absorbed_output(out_latent, lse);
+  }
+
+  /// What backward() returns: the gradient of a loss with respect to x and to every weight, bias and norm weight,
+  /// shaped as the layer's (empty where the layer's is empty: q_proj or the q_a/q_b pair, absent biases, identity
+  /// norms; a norm's eps is copied from the layer, it is not a gradient).
+  struct Gradients {
+    Matrix<T> dx;  ///< [L, d_model]
+    Linear<T> q_proj, q_a_proj;
+    RMSNorm<T> q_a_layernorm;
+    Linear<T> q_b_proj, kv_a_proj_with_mqa;
+    RMSNorm<T> kv_a_layernorm;
+    Linear<T> kv_b_proj, o_proj;
+  };
+
+  /// The gradients of a loss through forward(x, options) (the decompressed form), given dy, the loss's gradient with
+  /// respect to that output: recomputes the forward (queries, latent and its norm, RoPE, kv_b_proj, attention with
+  /// its lse) and runs it backwards, attention through attend's backward kernel (attend/backward.hpp).
+  ///
+  /// **Shapes:** (L,d_model) x dy (L,d_model) => dx (L,d_model), the weights' shapes
+  /// \throws attend::shape_error as forward(x), and for a dy of another shape.
+  template <class Derived, class Dy>
+  Gradients backward(const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<Dy>& dy,
+                     const Options& options = {}) const {
+    constexpr const char* fn = "MultiHeadLatentAttention::backward";
+    detail::static_check_scalars<T, Derived, Dy>();
+    check(fn, x, options);
+    detail::check_output_gradient(fn, dy, x.rows(), config.d_model);
+    Matrix<T> xc, dyc;  // see detail::bind_rows
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, xc), dye = detail::bind_rows(dy, dyc);
+    return detail::mla_backward<T>(*this, xe, dye, options);
   }
 
   /// Numbers cached per token: the latent and the shared rope key.
@@ -307,8 +341,8 @@ struct MultiHeadLatentAttention {
     const Index r = c.kv_lora_rank, qk = nope + rope;
     Matrix<T> q_latent(q.rows(), h_count * (r + rope));
     for (Index h = 0; h < h_count; ++h) {
-      q_latent.middleCols(h * (r + rope), r).noalias() =
-          q.middleCols(h * qk, nope) * kv_b_proj.weight.middleRows(h * (nope + dv), nope);
+      detail::product(q_latent.middleCols(h * (r + rope), r), q.middleCols(h * qk, nope),
+                      kv_b_proj.weight.middleRows(h * (nope + dv), nope));
       q_latent.middleCols(h * (r + rope) + r, rope) = q.middleCols(h * qk + nope, rope);
     }
     return q_latent;
@@ -322,8 +356,8 @@ struct MultiHeadLatentAttention {
     Matrix<T> heads_out(out_latent.rows(), h_count * dv);
     for (Index h = 0; h < h_count; ++h) {
       const Index v_rows = h * (nope + dv) + nope;
-      heads_out.middleCols(h * dv, dv).noalias() =
-          out_latent.middleCols(h * r, r) * kv_b_proj.weight.middleRows(v_rows, dv).transpose();
+      detail::product(heads_out.middleCols(h * dv, dv), out_latent.middleCols(h * r, r),
+                      kv_b_proj.weight.middleRows(v_rows, dv).transpose());
       if (kv_b_proj.bias.size() != 0)
         for (Index i = 0; i < out_latent.rows(); ++i)
           if (lse(i, h) != -std::numeric_limits<T>::infinity())

@@ -10,6 +10,7 @@
 #include "attend/caches.hpp"
 #include "attend/detail/attention.hpp"
 #include "attend/detail/checks.hpp"
+#include "attend/detail/layer_backward.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/errors.hpp"
 #include "attend/linear.hpp"
@@ -58,7 +59,8 @@ struct MultiHeadAttention {
     constexpr const char* fn = "MultiHeadAttention::forward";
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
     return attend_heads(project(q_proj, xe), rows(project(k_proj, xe)), rows(project(v_proj, xe)), options);
   }
 
@@ -73,7 +75,8 @@ struct MultiHeadAttention {
     detail::static_check_scalars<T, Derived, Context>();
     check(fn, x, options);
     detail::check_input(fn, "context", context, d_model);
-    const detail::ConstRowsRef<T> ce(context.derived());
+    Matrix<T> copy;  // see detail::bind_rows
+    const detail::ConstRowsRef<T> ce = detail::bind_rows(context, copy);
     return attend_heads(project(q_proj, x), rows(project(k_proj, ce)), rows(project(v_proj, ce)), options);
   }
 
@@ -82,20 +85,20 @@ struct MultiHeadAttention {
   /// sizes gives the rows of one causal forward(x), up to rounding.
   ///
   /// **Shapes:** (n,d_model) => (n,d_model); the cache grows by n tokens of 2*kv_heads*head_dim numbers.
-  /// \throws attend::shape_error as forward(x), and when the cache holds tokens of a layer of other sizes; the
-  ///         cache is unchanged then.
+  /// \throws attend::shape_error as forward(x), and when the cache holds tokens of a layer of other sizes (other
+  ///         widths, or the same widths in other kv heads and head dims); the cache is unchanged then.
   ///
-  /// The cache may store its keys and values in 16 bits (KVCache<float, Eigen::bfloat16> or <float, Eigen::half>):
-  /// they are rounded as they are appended, and the kernel reads them as stored.
+  /// The cache may store its keys and values in 16 or 8 bits (KVCache<float, Eigen::bfloat16>, <float, Eigen::half>,
+  /// <float, attend::q8>): they are rounded as they are appended, and the kernel reads them as stored.
   template <class Derived, class S>
   Matrix<T> forward(const Eigen::MatrixBase<Derived>& x, KVCache<T, S>& cache, const Options& options = {}) const {
     constexpr const char* fn = "MultiHeadAttention::forward";
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
-    const Index kv_width = Index(kv_heads) * head_dim;
-    cache.check_widths(fn, kv_width, kv_width);
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
-    cache.append(project(k_proj, xe), project(v_proj, xe));
+    cache.check_layout(fn, kv_heads, head_dim);
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
+    cache.append(project(k_proj, xe), project(v_proj, xe), kv_heads, head_dim);
     return attend_heads(project(q_proj, xe), cache.keys(), cache.values(), options);
   }
 
@@ -117,13 +120,58 @@ struct MultiHeadAttention {
     const Index kv_width = Index(kv_heads) * head_dim;
     cache.check_batch(fn, seqs, x_offsets, x.rows(), x.cols());
     cache.check_widths(fn, kv_width, kv_width);
-    const detail::ConstRowsRef<T> xe(x.derived());  // evaluated once; row-major inputs are not copied
+    Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
     cache.append_checked(seqs, x_offsets, project(k_proj, xe), project(v_proj, xe));
     const Matrix<T> q = project(q_proj, xe);
     Matrix<T> heads_out(xe.rows(), Index(heads) * head_dim);
     detail::paged_attention<T>(q, cache, seqs, x_offsets, Heads{heads, kv_heads}, kv_width, kv_width, options,
                                heads_out, nullptr);
     return detail::linear(o_proj.weight, o_proj.bias, heads_out);
+  }
+
+  /// What backward() returns: the gradients of a loss with respect to the layer's input(s) and to every weight and
+  /// bias, shaped as the layer's Linears (a bias gradient exactly where the layer has a bias).
+  struct Gradients {
+    Matrix<T> dx;                              ///< [L, d_model]
+    Matrix<T> dcontext;                        ///< [S, d_model] for cross-attention; empty for self-attention
+    Linear<T> q_proj, k_proj, v_proj, o_proj;  ///< dL/dW and dL/db of each projection
+  };
+
+  /// The gradients of a loss through forward(x, options), given dy, the loss's gradient with respect to that
+  /// output: recomputes the forward it needs (projections, attention with its lse) and runs it backwards through
+  /// attend's backward kernel (attend/backward.hpp).
+  ///
+  /// **Shapes:** (L,d_model) x dy (L,d_model) => dx (L,d_model), the weights' and biases' shapes
+  /// \throws attend::shape_error as forward(x), and for a dy of another shape.
+  template <class Derived, class Dy>
+  Gradients backward(const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<Dy>& dy,
+                     const Options& options = {}) const {
+    constexpr const char* fn = "MultiHeadAttention::backward";
+    detail::static_check_scalars<T, Derived, Dy>();
+    check(fn, x, options);
+    detail::check_output_gradient(fn, dy, x.rows(), d_model);
+    Matrix<T> xc, dyc;  // see detail::bind_rows
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, xc), dye = detail::bind_rows(dy, dyc);
+    return detail::mha_backward<T>(*this, xe, nullptr, dye, options);
+  }
+
+  /// The gradients of a loss through forward(x, context, options) (cross-attention): dx, dcontext and the weights'.
+  ///
+  /// **Shapes:** (L,d_model) x (S,d_model) x dy (L,d_model) => dx (L,d_model), dcontext (S,d_model), the weights'
+  /// \throws attend::shape_error as forward(x, context), and for a dy of another shape.
+  template <class Derived, class Context, class Dy>
+  Gradients backward(const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<Context>& context,
+                     const Eigen::MatrixBase<Dy>& dy, const Options& options = {}) const {
+    constexpr const char* fn = "MultiHeadAttention::backward";
+    detail::static_check_scalars<T, Derived, Context, Dy>();
+    check(fn, x, options);
+    detail::check_input(fn, "context", context, d_model);
+    detail::check_output_gradient(fn, dy, x.rows(), d_model);
+    Matrix<T> xc, cc, dyc;  // see detail::bind_rows
+    const detail::ConstRowsRef<T> xe = detail::bind_rows(x, xc), ce = detail::bind_rows(context, cc),
+                                  dye = detail::bind_rows(dy, dyc);
+    return detail::mha_backward<T>(*this, xe, &ce, dye, options);
   }
 
   /// Numbers cached per token: a key and a value of head_dim for each kv head.

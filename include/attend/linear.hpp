@@ -1,11 +1,13 @@
 #pragma once
 /// \file
 /// The weight layers of attention, in torch.nn.Linear layout: Linear (y = x W^T + b) and RMSNorm, with the checks
-/// layers use for their weights and inputs.
+/// layers use for their weights and inputs, and the matrix product every layer (and attention_weights()) uses.
 
+#include <algorithm>
 #include <cmath>
 
 #include "attend/detail/checks.hpp"
+#include "attend/detail/threads.hpp"
 #include "attend/errors.hpp"
 #include "attend/shapes.hpp"
 
@@ -27,10 +29,45 @@ void check_input(const char* fn, const char* name, const X& x, Index cols) {
   if (x.cols() != cols) fail(fn, name, " is ", shape_of(x), ", expected ", cols, " columns (d_model)");
 }
 
+/// Rows and columns of the blocks product() cuts its result into.
+inline constexpr Index kProductBlock = 512;
+
+/// dst = a * b (dst [n, m], a [n, k], b [k, m]), bit for bit the same for any number of OpenMP threads. Eigen's
+/// own product starts OpenMP threads of its own outside a team, and then cuts the work by their number (the rows
+/// per thread, the depth per pass), so its last bits depend on the thread count. Here dst is cut into blocks of
+/// kProductBlock rows and columns, a function of the shapes alone; each block is one serial Eigen product, and the
+/// blocks are spread over attend's own team (detail::keep_tile_products_serial keeps Eigen from starting another).
+template <class Dst, class A, class B>
+void product(Dst&& dst, const A& a, const B& b) {
+  const Index rows = dst.rows(), cols = dst.cols(), depth = a.cols();
+  if (depth == 0) {  // and blocks of a matrix without columns would offset its null data pointer
+    dst.setZero();
+    return;
+  }
+  const Index row_blocks = (rows + kProductBlock - 1) / kProductBlock;
+  const Index col_blocks = (cols + kProductBlock - 1) / kProductBlock, tasks = row_blocks * col_blocks;
+#if defined(_OPENMP)
+#pragma omp parallel if (worth_threads(tasks, double(rows) * double(cols) * double(depth)))
+#endif
+  {
+    keep_tile_products_serial();
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (Index t = 0; t < tasks; ++t) {
+      const Index r0 = t / col_blocks * kProductBlock, c0 = t % col_blocks * kProductBlock;
+      const Index n = std::min(kProductBlock, rows - r0), m = std::min(kProductBlock, cols - c0);
+      dst.block(r0, c0, n, m).noalias() = a.middleRows(r0, n) * b.middleCols(c0, m);
+    }
+  }
+}
+
 template <class T, class Derived>
 Matrix<T> linear(const Matrix<T>& weight, const Vector<T>& bias, const Eigen::MatrixBase<Derived>& x) {
-  Matrix<T> y(x.rows(), weight.rows());
-  y.noalias() = x * weight.transpose();
+  Matrix<T> copy;
+  const ConstRowsRef<T> xe = bind_rows(x, copy);  // evaluated once: product() reads it block by block
+  Matrix<T> y(xe.rows(), weight.rows());
+  product(y, xe, weight.transpose());
   if (bias.size() != 0) y.rowwise() += bias.transpose();
   return y;
 }

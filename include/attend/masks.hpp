@@ -4,12 +4,33 @@
 /// mask for that range instead of carrying its own copy of the loop.
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <ostream>
 
 #include "attend/shapes.hpp"
 
 namespace attend {
+
+namespace detail {
+
+/// a + b, saturated at the ends of Index instead of overflowing.
+inline Index saturating_add(Index a, Index b) {
+  constexpr Index hi = std::numeric_limits<Index>::max(), lo = std::numeric_limits<Index>::min();
+  if (b > 0 && a > hi - b) return hi;
+  if (b < 0 && a < lo - b) return lo;
+  return a + b;
+}
+
+/// a - b, saturated at the ends of Index instead of overflowing.
+inline Index saturating_sub(Index a, Index b) {
+  constexpr Index hi = std::numeric_limits<Index>::max(), lo = std::numeric_limits<Index>::min();
+  if (b < 0 && a > hi + b) return hi;
+  if (b > 0 && a < lo + b) return lo;
+  return a - b;
+}
+
+}  // namespace detail
 
 /// Half-open range `[begin, end)` of key indices; empty when `begin >= end`.
 struct KeyRange {
@@ -56,21 +77,24 @@ class Mask {
   /// True for every kind but none().
   bool hides_future() const { return kind_ != Kind::none; }
 
-  /// The keys query row `i` of `lq` may see among `lk` keys.
+  /// The keys query row `i` of `lq` may see among `lk` keys. Any diagonal and window an Index holds give the exact
+  /// range: the ends i + diagonal + 1 and i + diagonal + 1 - window saturate at the ends of Index instead of
+  /// overflowing, and a saturated end lies on the same side of [0, lk] as the exact one, so the clamp to [0, lk]
+  /// is the same.
   KeyRange keys(Index i, Index lq, Index lk) const {
     const auto clamp = [lk](Index x) { return std::clamp<Index>(x, 0, lk); };
     // The last key query i sees is i + diagonal: lk - lq aligns the last query with the last key.
     const Index diagonal = diagonal_ ? *diagonal_ : (kind_ == Kind::causal_top_left ? 0 : lk - lq);
+    const Index next = detail::saturating_add(i, 1);
     switch (kind_) {
       case Kind::none:
         return {0, lk};
       case Kind::causal:
       case Kind::causal_top_left:
-        return {0, clamp(i + diagonal + 1)};
-      case Kind::sliding_window: {
-        const Index end = i + diagonal + 1;
-        return {clamp(end - window_), clamp(end)};
-      }
+        return {0, clamp(detail::saturating_add(next, diagonal))};
+      case Kind::sliding_window:  // (i + 1) + (diagonal - window): each step saturates on the exact side
+        return {clamp(detail::saturating_add(next, detail::saturating_sub(diagonal, window_))),
+                clamp(detail::saturating_add(next, diagonal))};
     }
     return {0, lk};
   }

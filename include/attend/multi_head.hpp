@@ -20,8 +20,10 @@ Matrix<typename DQ::Scalar> multi_head(const char* fn, const Eigen::MatrixBase<D
   static_check_kernel_scalars<DQ, DK, DV>();
   using S = typename DK::Scalar;
   check_multi_head(fn, q, k, v, heads, options);
-  const ConstRowsRef<T> qe(q.derived());
-  const ConstRowsRef<S> ke(k.derived()), ve(v.derived());
+  Matrix<T> qc;
+  Matrix<S> kc, vc;  // inputs that Eigen::Ref cannot read in place (see bind_rows)
+  const ConstRowsRef<T> qe = bind_rows(q, qc);
+  const ConstRowsRef<S> ke = bind_rows(k, kc), ve = bind_rows(v, vc);
   Matrix<T> out(qe.rows(), ve.cols() / heads.kv * heads.query);
   attention(make_problem(qe, ke, ve, nullptr, heads, options), out, nullptr);
   return out;
@@ -61,18 +63,23 @@ AttentionResult<typename DQ::Scalar> multi_head_attention_with_lse(const Eigen::
   detail::static_check_kernel_scalars<DQ, DK, DV>();
   using S = typename DK::Scalar;
   detail::check_multi_head("multi_head_attention_with_lse", q, k, v, heads, options);
-  const detail::ConstRowsRef<T> qe(q.derived());
-  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
+  Matrix<T> qc;
+  Matrix<S> kc, vc;  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const detail::ConstRowsRef<T> qe = detail::bind_rows(q, qc);
+  const detail::ConstRowsRef<S> ke = detail::bind_rows(k, kc), ve = detail::bind_rows(v, vc);
   AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols() / heads.kv * heads.query),
                        Matrix<accumulator_t<T>>(qe.rows(), heads.query)};
   detail::attention(detail::make_problem(qe, ke, ve, nullptr, heads, options), r.out, &r.lse);
   return r;
 }
 
-/// multi_head_attention() into a preallocated `out` [Lq, H*dv]; `out` must not alias the inputs.
+/// multi_head_attention() into a preallocated `out` [Lq, H*dv]. `out` may share memory with q, k or v: the call then
+/// computes into a temporary and copies it into `out`, as if every input were read before `out` is written (see
+/// scaled_dot_product_attention_into() for what an Eigen::Ref out cannot express).
 ///
 /// **Shapes:** (Lq,H*d) x (Lk,G*d) x (Lk,G*dv) => out (Lq,H*dv)
-/// \throws attend::shape_error as multi_head_attention(), and when out has another shape.
+/// \throws attend::shape_error as multi_head_attention(), and when out has another shape or its rows overlap in
+///         memory.
 template <class DQ, class DK, class DV>
 void multi_head_attention_into(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                                const Eigen::MatrixBase<DV>& v, Heads heads,
@@ -84,9 +91,18 @@ void multi_head_attention_into(const Eigen::MatrixBase<DQ>& q, const Eigen::Matr
   constexpr const char* fn = "multi_head_attention_into";
   detail::check_multi_head(fn, q, k, v, heads, options);
   detail::check_output(fn, out, q.rows(), v.cols() / heads.kv * heads.query);
-  const detail::ConstRowsRef<T> qe(q.derived());
-  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
-  detail::attention(detail::make_problem(qe, ke, ve, nullptr, heads, options), out, nullptr);
+  Matrix<T> qc;
+  Matrix<S> kc, vc;  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const detail::ConstRowsRef<T> qe = detail::bind_rows(q, qc);
+  const detail::ConstRowsRef<S> ke = detail::bind_rows(k, kc), ve = detail::bind_rows(v, vc);
+  const auto problem = detail::make_problem(qe, ke, ve, nullptr, heads, options);
+  if (detail::may_overlap(out, qe) || detail::may_overlap(out, ke) || detail::may_overlap(out, ve)) {
+    Matrix<T> result(out.rows(), out.cols());  // out shares memory with an input: read them all first
+    detail::attention(problem, result, nullptr);
+    out = result;
+  } else {
+    detail::attention(problem, out, nullptr);
+  }
 }
 
 /// Grouped-query attention (GQA): `query_heads` query heads in groups sharing `kv_heads` key/value heads.

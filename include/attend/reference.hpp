@@ -42,10 +42,10 @@ inline Matrix<double> weights_and_lse(const Matrix<double>& q, const Matrix<doub
       s *= scale;
       if (c > 0) s = c * std::tanh(s / c);
       if (bias) s += (*bias)(i, j);
-      if (slope != 0) s -= slope * std::abs(double(i + diagonal - j));
+      if (slope != 0) s -= slope * std::abs(double(i) + double(diagonal) - double(j));  // any diagonal, no overflow
       if (!options.mask.visible(i, j, lq, lk)) s = neg_inf;
       p(i, j) = s;
-      if (s > row_max) row_max = s;
+      if (std::isnan(s) || s > row_max) row_max = s;  // a NaN score makes the row NaN, even with no other key
     }
     if (row_max == neg_inf) {  // no visible key: the contract's all-zero row
       p.row(i).setZero();

@@ -3,6 +3,8 @@
 /// Matrix types, head counts and shape formatting shared by every attend header.
 
 #include <Eigen/Core>
+#include <algorithm>
+#include <cstdint>
 #include <ostream>
 #include <type_traits>
 
@@ -79,13 +81,48 @@ inline constexpr bool is_storage_pair = std::is_same_v<T, S> || (std::is_same_v<
 
 /// Read-only view of a row-major matrix with any row stride. Plain row-major matrices, their blocks and
 /// column slices bind without a copy; any other expression (column-major, products, casts) is evaluated
-/// exactly once into the Ref's own storage.
+/// exactly once into the Ref's own storage. Public functions bind their inputs through bind_rows().
 template <class T>
 using ConstRowsRef = Eigen::Ref<const Matrix<T>, 0, Eigen::OuterStride<>>;
 
 /// Writable view of a row-major matrix with any row stride.
 template <class T>
 using RowsRef = Eigen::Ref<Matrix<T>, 0, Eigen::OuterStride<>>;
+
+/// `x` as a ConstRowsRef that reads what Eigen reads. Eigen::Ref takes a runtime stride of 0 for "the default"
+/// (contiguous rows), while a Map with OuterStride<>(0) repeats one row: bound in place it would be read as
+/// rows that are not there (past the end of its memory). Such an `x` is copied into `copy` (Eigen's assignment
+/// reads the zero stride right) and the view is over the copy, so `copy` must outlive the view. Every other layout
+/// Eigen expresses is read by Ref as Eigen reads it: in place (nonzero outer strides, negative ones included,
+/// overlapping rows), or evaluated into the Ref's own storage (column-major, inner strides other than 1).
+template <class T, class Derived>
+ConstRowsRef<T> bind_rows(const Eigen::MatrixBase<Derived>& x, Matrix<T>& copy) {
+  if constexpr (bool(Derived::Flags & Eigen::DirectAccessBit)) {
+    if (x.rows() > 1 && x.cols() > 0 && x.outerStride() == 0) {
+      copy = x;
+      return ConstRowsRef<T>(copy);
+    }
+  }
+  return ConstRowsRef<T>(x.derived());
+}
+
+/// Whether two row-major views (inner stride 1, any outer stride) may share memory: whether the address ranges
+/// their entries span intersect. Conservative (interleaved column slices of one matrix count as overlapping).
+template <class A, class B>
+bool may_overlap(const A& a, const B& b) {
+  const auto span = [](const auto& m, std::intptr_t& lo, std::intptr_t& hi) {
+    using S = typename std::decay_t<decltype(m)>::Scalar;
+    const std::intptr_t base = reinterpret_cast<std::intptr_t>(m.data());
+    const std::intptr_t last_row = std::intptr_t(m.rows() - 1) * std::intptr_t(m.outerStride());
+    lo = base + std::intptr_t(sizeof(S)) * std::min<std::intptr_t>(0, last_row);
+    hi = base + std::intptr_t(sizeof(S)) * (std::max<std::intptr_t>(0, last_row) + std::intptr_t(m.cols()));
+  };
+  if (a.size() == 0 || b.size() == 0) return false;
+  std::intptr_t a_lo, a_hi, b_lo, b_hi;
+  span(a, a_lo, a_hi);
+  span(b, b_lo, b_hi);
+  return a_lo < b_hi && b_lo < a_hi;
+}
 
 /// Non-deduced alias: lets `T` come from the other arguments of a function template.
 template <class T>

@@ -9,7 +9,8 @@
 //   mode 3     arbitrary shapes, head counts and options, possibly wrong, for the kernels, apply_rope,
 //              merge_attention and the layers: each call either throws attend::shape_error or returns a result
 //              of the right shape that matches the reference; any other exception, crash or sanitizer report
-//              is a bug.
+//              is a bug. A valid multi-head call is also run with a diagonal and window at the ends of Index,
+//              with q as a Map of zero, padded or negative stride, and in place (out = q).
 //
 // Build: clang with -fsanitize=fuzzer,address,undefined (ATTEND_BUILD_FUZZERS=ON, the asan preset). ctest runs
 // it for a fixed number of iterations from tests/fuzz/corpus; README "Reliability" shows how to run it longer.
@@ -297,6 +298,9 @@ bool throws_shape_error(F&& f) {
   }
 }
 
+void valid_call_variants(Reader& in, const Matrix<float>& q, const Matrix<float>& k, const Matrix<float>& v, Heads h,
+                         const Options& o);
+
 void run_arbitrary_kernels(Reader& in) {
   using T = float;
   const Index lq = dim(in), dq = dim(in), lk = dim(in), dk = dim(in), lkv = dim(in), dv = dim(in);
@@ -385,6 +389,43 @@ void run_arbitrary_kernels(Reader& in) {
     const Matrix<T> y = attend::apply_rope(q, rope_dim, in.byte(), theta);
     check(y.rows() == q.rows() && y.cols() == q.cols(), "apply_rope shape");
   });
+  if (!multi) valid_call_variants(in, q, k, v, h, o);
+}
+
+// Variants of a valid multi_head_attention call (bytes read after every other, so older inputs keep their
+// meaning): a diagonal and window at the ends of Index against the reference; q as a Map with a zero, padded or
+// negative stride, and out sharing q's memory, each against the call on plain inputs, bit for bit.
+void valid_call_variants(Reader& in, const Matrix<float>& q, const Matrix<float>& k, const Matrix<float>& v, Heads h,
+                         const Options& o) {
+  using T = float;
+  constexpr Index max = std::numeric_limits<Index>::max(), min = std::numeric_limits<Index>::min();
+  const std::uint8_t b = in.byte();
+  const Matrix<T> want = attend::multi_head_attention(q, k, v, h, o);
+  if (b & 1) {
+    Options e = o;
+    const Index diagonal = (b & 2) ? max - Index(in.byte() % 8) : min + Index(in.byte() % 8);
+    const Index window = (b & 8) ? max - Index(in.byte() % 8) : 1 + Index(in.byte() % 8);
+    e.mask = (b & 4) ? Mask::sliding_window(window).with_diagonal(diagonal) : Mask::causal().with_diagonal(diagonal);
+    const Matrix<T> got = attend::multi_head_attention(q, k, v, h, e);
+    const Matrix<double> ref = attend::reference::multi_head_attention(q, k, v, h, e);
+    if (got.size() && !((got.cast<double>() - ref).cwiseAbs().maxCoeff() <= 1e-4)) fail("extreme mask");
+  }
+  if (q.rows() > 0 && q.cols() > 0) {
+    const Index r = q.rows(), c = q.cols();
+    std::vector<T> buf(static_cast<std::size_t>(r * (c + 2)));
+    for (std::size_t i = 0; i < buf.size(); ++i) buf[i] = q.data()[i % static_cast<std::size_t>(q.size())];
+    using Map = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
+    const Index stride = (b >> 4) % 3 == 0 ? 0 : (b >> 4) % 3 == 1 ? c + 2 : -c;
+    const Map view(buf.data() + (stride < 0 ? (r - 1) * c : 0), r, c, Eigen::OuterStride<>(stride));
+    const Matrix<T> plain = view;
+    check(attend::multi_head_attention(view, k, v, h, o) == attend::multi_head_attention(plain, k, v, h, o),
+          "q as a strided Map");
+  }
+  if (want.cols() == q.cols()) {  // out can be q's own memory
+    Matrix<T> x = q;
+    attend::multi_head_attention_into(x, k, v, h, x, o);
+    check(x == want, "multi_head_attention_into in place");
+  }
 }
 
 // Layers with fuzzed sizes and weights of fuzzed (often wrong) shapes: shape_error or a finite result.

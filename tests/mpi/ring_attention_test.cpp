@@ -1,10 +1,10 @@
-// Ring attention over MPI (attend/mpi.hpp), run by ctest through mpiexec -n 2, 3 and 4.
+// Ring attention over MPI (attend/mpi.hpp), run by ctest through mpiexec -n 2, 3, 4 and 5.
 //
 // Every rank builds the same whole sequence from one seed, takes its rows of a layout, runs ring_attention,
 // and rank 0 compares the gathered output with single-process multi_head_attention on the whole sequence
-// (relative error: float 1e-5, double 1e-12). Then the inconsistent-argument cases: every rank must throw
-// attend::shape_error (never hang; an alarm kills a hung run). Plain main: prints "N passed, M failed" from
-// rank 0 and returns non-zero on any failure.
+// (relative error: float 1e-5, double 1e-12); the same calls at 1 and 2 OpenMP threads per rank must agree bit
+// for bit. Then the inconsistent-argument cases: every rank must throw attend::shape_error (never hang; an alarm
+// kills a hung run). Plain main: prints "N passed, M failed" from rank 0 and returns non-zero on any failure.
 #include <mpi.h>
 
 #include <attend/attend.hpp>
@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <random>
 #include <sstream>
 #include <string>
@@ -21,6 +22,9 @@
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
 #endif
 
 using attend::Heads;
@@ -129,9 +133,13 @@ void equivalence_cases(const attend::RingTuning& tuning = {}) {
   const std::vector<HeadCase> head_cases = {
       {{4, 4}, 8, 8, "MHA 4/4"}, {{4, 2}, 8, 6, "GQA 4/2 dv=6"}, {{6, 1}, 4, 4, "MQA 6/1"}};
   std::vector<Options> option_cases;
+  // Diagonals and windows at the ends of Index too: the ring adds the blocks' offsets to the diagonal.
+  constexpr Index max = std::numeric_limits<Index>::max(), min = std::numeric_limits<Index>::min();
   for (const Mask& m :
        {Mask::none(), Mask::causal(), Mask::causal_top_left(), Mask::sliding_window(1), Mask::sliding_window(7),
-        Mask::sliding_window(100), Mask::causal().with_diagonal(-3), Mask::causal().with_diagonal(-20)}) {
+        Mask::sliding_window(100), Mask::causal().with_diagonal(-3), Mask::causal().with_diagonal(-20),
+        Mask::causal().with_diagonal(max), Mask::causal().with_diagonal(min), Mask::sliding_window(max),
+        Mask::sliding_window(max - 3).with_diagonal(max), Mask::sliding_window(5).with_diagonal(min + 2)}) {
     Options o;
     o.mask = m;
     option_cases.push_back(o);
@@ -153,7 +161,8 @@ void equivalence_cases(const attend::RingTuning& tuning = {}) {
                         vl = local_rows(v, lc.layout, g_rank);
         // Sinks and ALiBi, one per query head: ALiBi on global positions, the sinks applied after the merge.
         std::vector<Options> with_heads = option_cases;
-        for (const Mask& m : {Mask::none(), Mask::causal(), Mask::sliding_window(7)}) {
+        for (const Mask& m :
+             {Mask::none(), Mask::causal(), Mask::sliding_window(7), Mask::causal().with_diagonal(max - 1)}) {
           Options o;
           o.mask = m;
           o.alibi_slopes = attend::geometric_alibi_slopes(hc.heads.query);
@@ -228,6 +237,48 @@ void equivalence_cases(const attend::RingTuning& tuning = {}) {
            "errors " + std::to_string(err) + ", lse " + std::to_string(lse_err));
   }
 }
+
+#if defined(_OPENMP)
+// The same ring call at 1 and 2 OpenMP threads per rank gives the same bits on every rank. The query slabs used to
+// grow with the thread count (RingTuning was work per thread), which moved their boundaries and with them the
+// rounding (up to 6e-8 in float). With slab_work = 1e5 and no row minimum the slabs here are a few rows, so a
+// thread-dependent size would show; the default tuning must hold too.
+template <class T>
+void thread_count_cases() {
+  const char* tname = std::is_same_v<T, float> ? "float" : "double";
+  attend::RingTuning small;
+  small.slab_work = 1e5;
+  small.slab_min_rows = 1;
+  const Index length = 300;
+  std::mt19937 rng(77);
+  const Heads h{4, 2};
+  const Matrix<T> q = random_matrix<T>(length, 4 * 16, rng), k = random_matrix<T>(length, 2 * 16, rng),
+                  v = random_matrix<T>(length, 2 * 16, rng);
+  const RowLayout layout = RowLayout::zigzag(length, g_size);
+  const Matrix<T> ql = local_rows(q, layout, g_rank), kl = local_rows(k, layout, g_rank),
+                  vl = local_rows(v, layout, g_rank);
+  const int saved = omp_get_max_threads();
+  for (const Mask& m : {Mask::causal(), Mask::none(), Mask::sliding_window(40)})
+    for (const bool small_slabs : {true, false}) {
+      Options o;
+      o.mask = m;
+      o.alibi_slopes = attend::geometric_alibi_slopes(4);
+      attend::AttentionResult<T> r[2];
+      for (int t : {0, 1}) {
+        omp_set_num_threads(t + 1);
+        r[t] = attend::ring_attention_with_lse(ql, kl, vl, h, o, layout, MPI_COMM_WORLD, nullptr, nullptr,
+                                               small_slabs ? small : attend::RingTuning{});
+      }
+      const bool same = r[0].out == r[1].out && r[0].lse == r[1].lse;
+      std::ostringstream why;
+      why << "relative difference " << relative_error(r[1].out, r[0].out);
+      report(std::string(tname) + " 1 and 2 threads per rank agree bit for bit, " + mask_name(m) +
+                 (small_slabs ? ", small slabs" : ", default tuning"),
+             same, why.str());
+    }
+  omp_set_num_threads(saved);
+}
+#endif
 
 // Runs `call` on every rank; passes if every rank threw attend::shape_error whose message contains each fragment.
 void expect_everywhere(const std::string& name, const std::function<void()>& call,
@@ -441,6 +492,10 @@ int main(int argc, char** argv) {
   small_slabs.slab_work = 1;
   small_slabs.slab_min_rows = 16;
   equivalence_cases<double>(small_slabs);
+#if defined(_OPENMP)
+  thread_count_cases<float>();
+  thread_count_cases<double>();
+#endif
   error_cases();
   if (g_rank == 0)
     std::printf("ring_attention_test on %d ranks: %d passed, %d failed (%.1f s)\n", g_size, g_passed, g_failed,

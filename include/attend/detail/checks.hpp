@@ -80,6 +80,10 @@ void check_multi_head(const char* fn, const Q& q, const K& k, const V& v, Heads 
 template <class O>
 void check_output(const char* fn, const O& out, Index rows, Index cols) {
   if (out.rows() != rows || out.cols() != cols) fail(fn, "out is ", shape_of(out), ", expected ", Shape{rows, cols});
+  // Rows sharing memory would be written by several tasks at once, each over the others.
+  if (rows > 1 && cols > 0 && (out.outerStride() < cols && out.outerStride() > -cols))
+    fail(fn, "out has rows of ", cols, " values ", out.outerStride(), " apart (out ", shape_of(out),
+         "): its rows overlap in memory, expected an outer stride of at least ", cols);
 }
 
 }  // namespace attend::detail

@@ -14,7 +14,7 @@
 /// own layout of a block of scores: a row-major block (rows mainloop, attention_weights()) or column-major panels
 /// (packed mainloop). attend::reference writes the same order independently, on purpose.
 
-#include <cstdlib>
+#include <cmath>
 
 #include "attend/detail/problem.hpp"
 #include "attend/shapes.hpp"
@@ -58,8 +58,11 @@ class ScoreTransform {
     }
     if (alibi_ && alibi_[head] != C(0)) {
       const C slope = alibi_[head];
-      const Index diagonal_key = position + alibi_diagonal_ - kt;  // the key at distance 0, relative to kt
-      for (Index j = 0; j < tk; ++j) s[j * key_stride] -= slope * C(std::abs(diagonal_key - j));  // -m_h |i + D - j|
+      // The key at distance 0, relative to kt, in double: D may be any Index (Mask::with_diagonal()), where the sum in
+      // Index would overflow. Below 2^53 the distances are the exact integers they were.
+      const double diagonal_key = double(position) + double(alibi_diagonal_) - double(kt);
+      for (Index j = 0; j < tk; ++j)
+        s[j * key_stride] -= slope * C(std::abs(diagonal_key - double(j)));  // -m_h |i + D - j|
     }
   }
 

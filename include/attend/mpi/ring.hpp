@@ -12,10 +12,6 @@
 #include <utility>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 #include "attend/detail/attention.hpp"
 #include "attend/detail/checks.hpp"
 #include "attend/detail/merge.hpp"
@@ -80,16 +76,17 @@ class RingWorkspace {
 
 /// How ring_attention() cuts its queries into kernel calls while a key/value block is in flight. The ring polls
 /// MPI (MPI_Testall) between calls so that the exchange progresses while it computes: most MPI transports start
-/// or advance a large message only inside MPI calls. A call ("slab") is about `slab_work` multiply-adds per
-/// thread, but never fewer than `slab_min_rows` query rows, so a poll comes at least that often or after one
-/// such slab, whichever is longer. The last step, with nothing in flight, computes whole pieces. The defaults
-/// suit real sizes; tests and benchmarks pass small values to cut even small problems into many calls.
-/// Results depend on the tuning only in rounding (the merge order of the slabs' parts); ranks may pass
-/// different tunings.
+/// or advance a large message only inside MPI calls. A call ("slab") is about `slab_work` multiply-adds, but
+/// never fewer than `slab_min_rows` query rows, so a poll comes at least that often or after one such slab,
+/// whichever is longer. The last step, with nothing in flight, computes whole pieces. The slabs depend on the
+/// shapes and the tuning alone, never on the thread count, so results are bitwise identical for any number of
+/// OpenMP threads per rank. The defaults suit real sizes; tests and benchmarks pass small values to cut even
+/// small problems into many calls. Results depend on the tuning only in rounding (each slab is its own kernel
+/// call, whose tiles and merge order follow the slab); ranks may pass different tunings.
 struct RingTuning {
-  /// Multiply-adds per thread of one call: 2^25 is a few milliseconds. Not positive (or NaN): as small as
+  /// Multiply-adds of one call: 2^26 is about a millisecond on two cores. Not positive (or NaN): as small as
   /// slab_min_rows allows.
-  double slab_work = double(1 << 25);
+  double slab_work = double(1 << 26);
   /// Fewest query rows (positions) of one call; 0 or less: those that fill one 256-row kernel tile,
   /// 256 / (H/G) (fewer rows slow the kernel down).
   Index slab_min_rows = 0;
@@ -109,17 +106,27 @@ inline bool pieces_interact(const Mask& mask, RowRange q, RowRange k) {
   return true;
 }
 
+/// `mask` on a sequence of `length` rows with its diagonal D, and for windows D - window, brought within
+/// [-length - 1, length + 1]: the same keys for every query (query i sees key j iff D - window < j - i <= D, and
+/// |j - i| < length), while the blocks' offsets (< length) can be added to the diagonal without overflowing Index
+/// whatever diagonal and window the caller gave. A window that comes out below 1 hides every key.
+inline Mask ring_mask(const Mask& mask, Index length) {
+  if (!mask.hides_future()) return mask;
+  const Index reach = length + 1, diagonal = mask.diagonal().value_or(0);
+  const Index d = std::clamp(diagonal, -reach, reach);
+  if (mask.kind() != Mask::Kind::sliding_window) return mask.with_diagonal(d);
+  const Index past = std::clamp(saturating_sub(diagonal, mask.window()), -reach, reach);  // D - window
+  return Mask::sliding_window(d - past).with_diagonal(d);
+}
+
 /// Query rows per kernel call while a transfer is in flight (RingTuning), for blocks of at most `key_rows`
-/// rows. More than key_rows would make no difference: no piece is longer.
+/// rows: a function of the shapes and the tuning only (the thread count would move the slab boundaries, and with
+/// them the rounding). More than key_rows would make no difference: no piece is longer.
 inline Index ring_slab_rows(Index key_rows, Heads heads, Index d_plus_dv, const RingTuning& tuning) {
-  int threads = 1;
-#if defined(_OPENMP)
-  threads = omp_get_max_threads();
-#endif
   const Index min_rows = tuning.slab_min_rows > 0 ? tuning.slab_min_rows : std::max(1, 256 / (heads.query / heads.kv));
   const double work = tuning.slab_work > 0 ? tuning.slab_work : 0;
   const double per_row = std::max(1.0, double(key_rows) * double(heads.query) * double(d_plus_dv));
-  const double rows = std::min(work * threads / per_row, double(std::max<Index>(1, key_rows)));
+  const double rows = std::min(work / per_row, double(std::max<Index>(1, key_rows)));
   return std::max<Index>(min_rows, static_cast<Index>(rows));
 }
 
@@ -186,7 +193,7 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
   const double t_checked = MPI_Wtime();
 
   // 2. Which blocks anyone needs: the ring runs only as many steps as the farthest needed block.
-  const Mask& mask = options.mask;
+  const Mask mask = ring_mask(options.mask, layout.length());
   Options sink_free = options;
   sink_free.sinks.clear();
   int steps = 0;
@@ -212,7 +219,8 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
   const Index lq = q.rows();
   buf[0].topLeftCorner(lq, kc) = k;
   buf[0].block(0, kc, lq, vc) = v;
-  const ConstRowsRef<T> qe(q.derived());
+  Matrix<T> q_copy;
+  const ConstRowsRef<T> qe = bind_rows(q, q_copy);  // see bind_rows
 
   // The result accumulates in place, row by row: a row starts at zero with lse -inf (which merges with a part
   // exactly into that part) and stays so if it never sees a key. Memory: the output plus one slab's part.
@@ -280,11 +288,15 @@ AttentionResult<T> ring_impl(const char* fn, const Eigen::MatrixBase<DQ>& q, con
         Options o = sink_free;
         const Index diagonal = mask.diagonal().value_or(0) + slab.global.begin - kp.begin;
         o.mask = mask.with_diagonal(diagonal);
+        // ALiBi measures from the caller's diagonal, which ring_mask() may have moved: |i + D - j| on global
+        // positions, saturated (not wrapped) where D is within a sequence length of the ends of Index.
+        const Index alibi_diagonal =
+            saturating_add(saturating_add(options.mask.diagonal().value_or(0), slab.global.begin), -kp.begin);
         const Index nq = slab.global.size();
         const ConstRowsRef<T> qs = qe.middleRows(slab.local, nq);
         // The kernel itself on the arguments checked in 1., into the part (it writes lse rows [0, nq) only).
         auto slab_out = part_out.topRows(nq);
-        attention(make_problem<T>(qs, kb, vb, nullptr, heads, o, diagonal), slab_out, &part_lse, tiles);
+        attention(make_problem<T>(qs, kb, vb, nullptr, heads, o, alibi_diagonal), slab_out, &part_lse, tiles);
         const auto slab_lse = part_lse.topRows(nq);
         auto out_rows = result.out.middleRows(slab.local, nq);
         auto lse_rows = result.lse.middleRows(slab.local, nq);
