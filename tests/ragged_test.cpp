@@ -340,6 +340,32 @@ TEST(Ragged, OneSequenceIsThePlainCall) {
                             attend::multi_head_attention(q, k, v, h, o)));
 }
 
+// *_into may write over its own inputs (the result as if every input were read first), and inputs of any Eigen
+// layout are read as Eigen reads them: a broadcast row (outer stride 0) as that row repeated.
+TEST(Ragged, IntoItsOwnInputsAndRowsOfStrideZero) {
+  std::mt19937 rng(1609);
+  const Heads h{4, 2};
+  const Ragged r{{0, 1, 6, 9}, {0, 40, 45, 48}};
+  Options o;
+  o.mask = Mask::causal();
+  Matrix<float> q = random_matrix<float>(9, 4 * 16, rng);
+  const Matrix<float> k = random_matrix<float>(48, 2 * 16, rng), v = random_matrix<float>(48, 2 * 16, rng);
+  const Matrix<float> want = attend::multi_head_attention(q, k, v, r, h, o);
+  attend::multi_head_attention_into(q, k, v, r, h, q, o);  // out is q
+  EXPECT_TRUE(bitwise_equal(q, want));
+  Matrix<float> q2 = random_matrix<float>(9, 4 * 32, rng);
+  const Matrix<float> k32 = random_matrix<float>(48, 2 * 32, rng);
+  const attend::Q8Matrix k8w = attend::quantize_q8(k32), v8w = attend::quantize_q8(k32);
+  const Matrix<float> want8 = attend::multi_head_attention(q2, k8w, v8w, r, h, o);
+  attend::multi_head_attention_into(q2, k8w, v8w, r, h, q2, o);
+  EXPECT_TRUE(bitwise_equal(q2, want8));
+  const Matrix<float> row = random_matrix<float>(1, 4 * 16, rng);
+  const Eigen::Map<const Matrix<float>, 0, Eigen::OuterStride<>> same_row(row.data(), 9, 4 * 16,
+                                                                          Eigen::OuterStride<>(0));
+  EXPECT_TRUE(bitwise_equal(attend::multi_head_attention(same_row, k, v, r, h, o),
+                            attend::multi_head_attention(Matrix<float>(row.replicate(9, 1)), k, v, r, h, o)));
+}
+
 #if defined(_OPENMP)
 struct SavedThreads {
   int saved = omp_get_max_threads();

@@ -90,14 +90,46 @@ void ragged_attention(const ConstRowsRef<T>& q, const View& k, const View& v, co
   ragged(seqs, tiles, out, lse);
 }
 
+/// Ragged attention of validated arguments of any Eigen layout (detail::bind_rows reads them) into `out` and, when not
+/// null, `lse`. When out shares memory with an input, the result is computed apart and then copied into out, as if
+/// every input were read before out is written.
+template <class T, class View>
+void ragged_into(const ConstRowsRef<T>& q, const View& k, const View& v, bool aliased, const Ragged& ragged,
+                 Heads heads, const Options& options, RowsRef<typename type_identity<T>::type> out,
+                 Matrix<accumulator_t<T>>* lse) {
+  if (aliased) {
+    Matrix<T> result(out.rows(), out.cols());
+    ragged_attention(q, k, v, ragged, heads, options, result, lse);
+    out = result;
+  } else {
+    ragged_attention(q, k, v, ragged, heads, options, out, lse);
+  }
+}
+
+/// The ragged call over dense q, k and v of validated arguments into `out` and, when not null, `lse`.
+template <class DQ, class DK, class DV>
+void ragged_dense(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
+                  const Ragged& ragged, Heads heads, const Options& options, RowsRef<typename DQ::Scalar> out,
+                  Matrix<accumulator_t<typename DQ::Scalar>>* lse) {
+  using T = typename DQ::Scalar;
+  using S = typename DK::Scalar;
+  Matrix<T> qc;
+  Matrix<S> kc, vc;  // inputs that Eigen::Ref cannot read in place (see detail::bind_rows)
+  const ConstRowsRef<T> qe = bind_rows(q, qc);
+  const ConstRowsRef<S> ke = bind_rows(k, kc), ve = bind_rows(v, vc);
+  const bool aliased = may_overlap(out, qe) || may_overlap(out, ke) || may_overlap(out, ve);
+  ragged_into(qe, ke, ve, aliased, ragged, heads, options, out, lse);
+}
+
 /// Ragged attention of validated float q over Q8Matrix keys and values into `out` [Tq, H*dv] and, when not null,
 /// `lse` [Tq, H].
 template <class DQ>
 void ragged_q8(const Eigen::MatrixBase<DQ>& q, const Q8Matrix& k, const Q8Matrix& v, const Ragged& ragged, Heads heads,
                const Options& options, RowsRef<float> out, Matrix<float>* lse) {
   static_assert(std::is_same_v<typename DQ::Scalar, float>, ATTEND_DETAIL_MIXED_SCALARS);
-  const ConstRowsRef<float> qe(q.derived());
-  ragged_attention(qe, q8_rows(k), q8_rows(v), ragged, heads, options, out, lse);
+  Matrix<float> qc;  // see detail::bind_rows
+  const ConstRowsRef<float> qe = bind_rows(q, qc);
+  ragged_into(qe, q8_rows(k), q8_rows(v), may_overlap(out, qe), ragged, heads, options, out, lse);
 }
 
 /// Throws as the q8 ragged calls named `fn` do, before any work.
@@ -128,37 +160,32 @@ Matrix<typename DQ::Scalar> multi_head_attention(const Eigen::MatrixBase<DQ>& q,
                                                  const Options& options = {}) {
   using T = typename DQ::Scalar;
   detail::static_check_kernel_scalars<DQ, DK, DV>();
-  using S = typename DK::Scalar;
   constexpr const char* fn = "multi_head_attention";
   detail::check_multi_head(fn, q, k, v, heads, options);
   detail::check_ragged(fn, ragged, q.rows(), k.rows());
-  const detail::ConstRowsRef<T> qe(q.derived());
-  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
-  Matrix<T> out(qe.rows(), ve.cols() / heads.kv * heads.query);
-  detail::ragged_attention(qe, ke, ve, ragged, heads, options, out, nullptr);
+  Matrix<T> out(q.rows(), v.cols() / heads.kv * heads.query);
+  detail::ragged_dense(q, k, v, ragged, heads, options, out, nullptr);
   return out;
 }
 
 /// multi_head_attention() over a ragged batch into a preallocated `out` [Tq, H*dv] (no result allocation: a server
-/// reuses one output buffer step after step); `out` must not alias the inputs.
+/// reuses one output buffer step after step). `out` may share memory with q, k or v, as for the
+/// multi_head_attention_into() of one sequence.
 ///
 /// **Shapes:** (Tq,H*d) x (Tk,G*d) x (Tk,G*dv), B+1 offsets into each => out (Tq,H*dv)
-/// \throws attend::shape_error as the ragged multi_head_attention(), and when out has another shape.
+/// \throws attend::shape_error as the ragged multi_head_attention(), and when out has another shape or its rows
+///         overlap in memory.
 template <class DQ, class DK, class DV>
 void multi_head_attention_into(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                                const Eigen::MatrixBase<DV>& v, const Ragged& ragged, Heads heads,
                                detail::RowsRef<typename detail::type_identity<typename DQ::Scalar>::type> out,
                                const Options& options = {}) {
-  using T = typename DQ::Scalar;
   detail::static_check_kernel_scalars<DQ, DK, DV>();
-  using S = typename DK::Scalar;
   constexpr const char* fn = "multi_head_attention_into";
   detail::check_multi_head(fn, q, k, v, heads, options);
   detail::check_ragged(fn, ragged, q.rows(), k.rows());
   detail::check_output(fn, out, q.rows(), v.cols() / heads.kv * heads.query);
-  const detail::ConstRowsRef<T> qe(q.derived());
-  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
-  detail::ragged_attention(qe, ke, ve, ragged, heads, options, out, nullptr);
+  detail::ragged_dense(q, k, v, ragged, heads, options, out, nullptr);
 }
 
 /// multi_head_attention() over a ragged batch that also returns each row's log-sum-exp per query head (-inf where
@@ -173,15 +200,12 @@ AttentionResult<typename DQ::Scalar> multi_head_attention_with_lse(const Eigen::
                                                                    Heads heads, const Options& options = {}) {
   using T = typename DQ::Scalar;
   detail::static_check_kernel_scalars<DQ, DK, DV>();
-  using S = typename DK::Scalar;
   constexpr const char* fn = "multi_head_attention_with_lse";
   detail::check_multi_head(fn, q, k, v, heads, options);
   detail::check_ragged(fn, ragged, q.rows(), k.rows());
-  const detail::ConstRowsRef<T> qe(q.derived());
-  const detail::ConstRowsRef<S> ke(k.derived()), ve(v.derived());
-  AttentionResult<T> r{Matrix<T>(qe.rows(), ve.cols() / heads.kv * heads.query),
-                       Matrix<accumulator_t<T>>(qe.rows(), heads.query)};
-  detail::ragged_attention(qe, ke, ve, ragged, heads, options, r.out, &r.lse);
+  AttentionResult<T> r{Matrix<T>(q.rows(), v.cols() / heads.kv * heads.query),
+                       Matrix<accumulator_t<T>>(q.rows(), heads.query)};
+  detail::ragged_dense(q, k, v, ragged, heads, options, r.out, &r.lse);
   return r;
 }
 
