@@ -78,6 +78,14 @@ struct World {
   attend::PagedKVCache<float> pcache{2};
   attend::PagedLatentCache<float> plcache{2};
   attend::Ragged ragged{{0, 1, 4}, {0, 2, 5}};
+  // 8 bits: q8q [4,128] over k8, v8 [5,64] (Heads{4,2}, d = 32); q8q16 [4,64] over k8n, v8n [5,32] (d = 16, not
+  // whole blocks). Paged 8-bit caches of pages of 2 tokens filled as pcache and plcache, by mha8 and mla8.
+  M q8q, q8q16;
+  attend::Q8Matrix k8, v8, k8n, v8n;
+  Mha mha8{16, 4, 2, 32};
+  Mla mla8{MlaConfig{16, 2, 0, 32, 4, 32, 4}};
+  attend::PagedKVCache<float, attend::q8> pcache8{2};
+  attend::PagedLatentCache<float, attend::q8> plcache8{2};
   attend::Linear<float> lin;    // [4,8] with a bias
   attend::RMSNorm<float> norm;  // weight of 8
   M xl;                         // [2,8]
@@ -114,6 +122,17 @@ World make_world() {
   w.pcache.release(1), w.plcache.release(1);
   w.mha.forward(w.x, w.pcache, {0, 2}, {0, 3, 3});
   w.mla.forward(w.x, w.plcache, {0, 2}, {0, 3, 3});
+  w.q8q = rnd(4, 128), w.q8q16 = rnd(4, 64);
+  w.k8 = attend::quantize_q8(rnd(5, 64)), w.v8 = attend::quantize_q8(rnd(5, 64));
+  w.k8n = attend::quantize_q8(rnd(5, 32)), w.v8n = attend::quantize_q8(rnd(5, 32));
+  for (auto* lin : {&w.mha8.q_proj, &w.mha8.k_proj, &w.mha8.v_proj, &w.mha8.o_proj}) attend_test::randomize(*lin, rng);
+  for (auto* lin : {&w.mla8.q_proj, &w.mla8.kv_a_proj_with_mqa, &w.mla8.kv_b_proj, &w.mla8.o_proj})
+    attend_test::randomize(*lin, rng);
+  w.mla8.kv_a_layernorm.weight = Vec::Ones(32);
+  for (int i = 0; i < 3; ++i) w.pcache8.add_sequence(), w.plcache8.add_sequence();
+  w.pcache8.release(1), w.plcache8.release(1);
+  w.mha8.forward(w.x, w.pcache8, {0, 2}, {0, 3, 3});
+  w.mla8.forward(w.x, w.plcache8, {0, 2}, {0, 3, 3});
   w.lin.weight = rnd(4, 8), w.lin.bias = Vec::Ones(4);
   w.norm.weight = Vec::Ones(8);
   w.xl = rnd(2, 8);
@@ -179,6 +198,29 @@ bool same(const attend::PagedLatentCache<float>& a, const attend::PagedLatentCac
   return true;
 }
 
+bool same(const attend::Q8Matrix& a, const attend::Q8Matrix& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         std::equal(a.data(), a.data() + a.rows() * a.cols(), b.data()) &&
+         std::equal(a.scales(), a.scales() + a.rows() * a.blocks(), b.scales());
+}
+bool same(const attend::PagedKVCache<float, attend::q8>& a, const attend::PagedKVCache<float, attend::q8>& b) {
+  if (a.sequences() != b.sequences() || a.pages_in_use() != b.pages_in_use() || a.free_pages() != b.free_pages() ||
+      a.key_width() != b.key_width() || a.value_width() != b.value_width() || a.kv_heads() != b.kv_heads())
+    return false;
+  for (const int s : a.sequences())
+    if (!same(a.keys_dequantized(s), b.keys_dequantized(s)) || !same(a.values_dequantized(s), b.values_dequantized(s)))
+      return false;
+  return true;
+}
+bool same(const attend::PagedLatentCache<float, attend::q8>& a, const attend::PagedLatentCache<float, attend::q8>& b) {
+  if (a.sequences() != b.sequences() || a.pages_in_use() != b.pages_in_use() || a.free_pages() != b.free_pages() ||
+      a.latent_width() != b.latent_width() || a.rope_width() != b.rope_width())
+    return false;
+  for (const int s : a.sequences())
+    if (!same(a.entries_dequantized(s), b.entries_dequantized(s))) return false;
+  return true;
+}
+
 std::string first_difference(const World& a, const World& b) {
   const auto differs = [](const auto& x, const auto& y) { return !same(x, y); };
   // clang-format off
@@ -225,6 +267,16 @@ std::string first_difference(const World& a, const World& b) {
   if (differs(a.pcache, b.pcache)) return "pcache";
   if (differs(a.plcache, b.plcache)) return "plcache";
   if (a.ragged.q_offsets != b.ragged.q_offsets || a.ragged.kv_offsets != b.ragged.kv_offsets) return "ragged";
+  if (differs(a.q8q, b.q8q)) return "q8q";
+  if (differs(a.q8q16, b.q8q16)) return "q8q16";
+  if (differs(a.k8, b.k8)) return "k8";
+  if (differs(a.v8, b.v8)) return "v8";
+  if (differs(a.k8n, b.k8n)) return "k8n";
+  if (differs(a.v8n, b.v8n)) return "v8n";
+  if (differs(a.mha8, b.mha8)) return "mha8";
+  if (differs(a.mla8, b.mla8)) return "mla8";
+  if (differs(a.pcache8, b.pcache8)) return "pcache8";
+  if (differs(a.plcache8, b.plcache8)) return "plcache8";
   if (differs(a.lin, b.lin)) return "lin";
   if (differs(a.norm, b.norm)) return "norm";
   if (differs(a.xl, b.xl)) return "xl";
@@ -1279,6 +1331,107 @@ void add_serving(Catalogue& c) {
       {lf, "kv_b_proj.bias has nonzero key entries and options.softcap is 30"});
 }
 
+// 8 bits: the ragged q8 calls, the 8-bit paged caches and the layers over them.
+void add_serving_q8(Catalogue& c) {
+  using attend::Ragged;
+  for (const std::string fn : {"multi_head_attention", "multi_head_attention_with_lse", "multi_head_attention_into"}) {
+    const std::string p = prefix(fn);
+    const std::string name = fn == "multi_head_attention"        ? "RaggedQ8Mha"
+                             : fn == "multi_head_attention_into" ? "RaggedQ8MhaInto"
+                                                                 : "RaggedQ8MhaLse";
+    const auto call = [fn](World& w, const M& q, const attend::Q8Matrix& k, const attend::Q8Matrix& v, const Ragged& r,
+                           const Options& o) {
+      if (fn == "multi_head_attention")
+        attend::multi_head_attention(q, k, v, r, Heads{4, 2}, o);
+      else if (fn == "multi_head_attention_with_lse")
+        attend::multi_head_attention_with_lse(q, k, v, r, Heads{4, 2}, o);
+      else
+        attend::multi_head_attention_into(q, k, v, r, Heads{4, 2}, w.outh, o);  // outh [4, 12]: checked after
+    };
+    const auto offsets = [call](Ragged r) { return [call, r](World& w) { call(w, w.q8q, w.k8, w.v8, r, {}); }; };
+    c.add(name + "_OffsetsOfTwoSizes", offsets({{0, 4}, {0, 2, 5}}),
+          {p, "ragged.q_offsets has 2 entries and ragged.kv_offsets 3, expected the same number"});
+    c.add(name + "_QOffsetsShort", offsets({{0, 3}, {0, 5}}), {p, "ragged.q_offsets ends at 3, expected q's rows (4)"});
+    c.add(name + "_KvOffsetsDecrease", offsets({{0, 1, 2, 4}, {0, 5, 3, 5}}),
+          {p, "ragged.kv_offsets[2] is 3, below ragged.kv_offsets[1] = 5"});
+    c.add(name + "_HeadDimNotBlocks", [call](World& w) { call(w, w.q8q16, w.k8n, w.v8n, w.ragged, {}); },
+          {p, "head dims d = 16 and dv = 16 must be multiples of 32 for 8-bit keys and values", "q [4, 64]",
+           "k [5, 32]"});
+    c.add(name + "_KeyWidth", [call](World& w) { call(w, w.q8q, w.k8n, w.v8, w.ragged, {}); },
+          {p, "k has 32 columns, expected kv heads (2) * head dim (32) = 64"});
+    Options one_sink;
+    one_sink.sinks = {0.5};
+    c.add(name + "_Sinks", [call, one_sink](World& w) { call(w, w.q8q, w.k8, w.v8, w.ragged, one_sink); },
+          {p, "options.sinks has 1 entries, expected 0 or one per query head (4)"});
+  }
+  c.add("RaggedQ8MhaInto_OutShape",
+        [](World& w) {
+          attend::multi_head_attention_into(w.q8q, w.k8, w.v8, w.ragged, Heads{4, 2}, w.outh);
+        },
+        {prefix("multi_head_attention_into"), "out is [4, 12], expected [4, 128]"});
+
+  const std::string ap = prefix("PagedKVCache::append"), lap = prefix("PagedLatentCache::append");
+  c.add("PagedKvCache8Append_WidthNotBlocks", [](World& w) { w.pcache8.append(2, M::Ones(1, 48), M::Ones(1, 48)); },
+        {ap, "key_width is 48, expected a multiple of 32 for an 8-bit cache (its q8 blocks)"});
+  c.add("PagedKvCache8Append_OtherWidths", [](World& w) { w.pcache8.append(2, M::Ones(1, 32), M::Ones(1, 32)); },
+        {ap, "cache holds keys of 64 and values of 64 features per token, expected 32 and 32"});
+  c.add("PagedKvCache8Append_NaN",
+        [](World& w) {
+          M k = M::Ones(2, 64);
+          k(1, 3) = kNaN;
+          w.pcache8.append({2, 0}, {0, 1, 2}, k, M::Ones(2, 64));
+        },
+        {ap, "k(1, 3) is nan: q8 stores finite values only (k [2, 64])"});
+  c.add("PagedKvCache8KeysDequantized_Released", [](World& w) { w.pcache8.keys_dequantized(1); },
+        {prefix("PagedKVCache::keys_dequantized"), "seq is 1, which the cache does not hold"});
+  c.add("PagedLatentCache8Append_LatentNotBlocks",
+        [](World& w) {
+          w.plcache8.append({2}, {0, 1}, M::Ones(1, 64), 16);
+        },
+        {lap, "kv_lora_rank is 16, expected a multiple of 32 for an 8-bit cache"});
+  c.add("PagedLatentCache8Append_Inf",
+        [](World& w) {
+          M rows = M::Ones(1, 64);
+          rows(0, 40) = kInf;
+          w.plcache8.append({2}, {0, 1}, rows, 32);
+        },
+        {lap, "rows(0, 40) is inf: q8 stores finite values only"});
+
+  const std::string f = prefix("MultiHeadAttention::forward"), lf = prefix("MultiHeadLatentAttention::forward");
+  c.add("MhaPaged8_HeadDimNotBlocks",
+        [](World& w) {
+          Mha(16, 4, 4, 16).forward(w.x, w.pcache8, {2}, {0, 3});
+        },
+        {f, "head_dim is 16, expected a multiple of 32 for an 8-bit cache"});
+  c.add("MhaPaged8_UnknownId",
+        [](World& w) {
+          w.mha8.forward(w.x, w.pcache8, {5}, {0, 3});
+        },
+        {f, "seqs[0] is 5, which the cache does not hold"});
+  c.add(
+      "MhaPaged8_NaNInput", [](World& w) { w.x(2, 7) = kNaN; },
+      [](World& w) {
+        w.mha8.forward(w.x, w.pcache8, {0, 2}, {0, 2, 3});
+      },
+      {ap, "k(2, ", "is nan: q8 stores finite values only"});
+  c.add(
+      "MhaPaged_CacheOfOtherHeadsOfTheSameWidths",
+      [](World& w) {
+        Mha(16, 4, 1, 8).forward(w.x, w.pcache, {2}, {0, 3});
+      },
+      {f, "cache holds tokens of 2 kv heads of head dim 4 (8 features per token), expected 1 kv heads of head dim 8"});
+  c.add("MlaPaged8_LatentNotBlocks",
+        [](World& w) {
+          w.mla.forward(w.x, w.plcache8, {2}, {0, 3});
+        },
+        {lf, "kv_lora_rank is 6, expected a multiple of 32 for an 8-bit cache"});
+  c.add("MlaPaged8_ReleasedId",
+        [](World& w) {
+          w.mla8.forward(w.x, w.plcache8, {1}, {0, 3});
+        },
+        {lf, "seqs[0] is 1, which the cache does not hold"});
+}
+
 std::vector<Case> catalogue() {
   Catalogue c;
   add_single_head(c);
@@ -1290,6 +1443,7 @@ std::vector<Case> catalogue() {
   add_mla(c);
   add_conversions(c);
   add_serving(c);
+  add_serving_q8(c);
   add_backward(c);
   return c.cases;
 }

@@ -5,6 +5,7 @@
 // seam.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <attend/attend.hpp>
 #include <random>
 #include <string>
@@ -95,15 +96,57 @@ double relative_diff(const A& a, const B& b) {
   return attend_test::max_abs_diff(a, b) / scale;
 }
 
+// Keys and values as the tests hold them: Matrix<S>, or a Q8Matrix for attend::q8 (float queries over 8-bit keys and
+// values; q8 rows are quantized row by row, so a sequence's rows of quantize_q8(k) are quantize_q8 of its rows).
+template <class S>
+struct Stored {
+  using type = Matrix<S>;
+};
+template <>
+struct Stored<attend::q8> {
+  using type = attend::Q8Matrix;
+};
+template <class S>
+using stored_t = typename Stored<S>::type;
+
+template <class S>
+stored_t<S> random_kv(Index rows, Index cols, std::mt19937& rng) {
+  if constexpr (std::is_same_v<S, attend::q8>)
+    return attend::quantize_q8(random_matrix<float>(rows, cols, rng));
+  else
+    return random_matrix<S>(rows, cols, rng);
+}
+// A head dim for storage S: q8 heads are whole blocks of 32.
+template <class S>
+Index head_dim(Index d) {
+  return std::is_same_v<S, attend::q8> ? std::max<Index>(32, 2 * d) : d;
+}
+template <class S>
+Matrix<S> rows_of(const Matrix<S>& m, Index r0, Index n) {
+  return m.middleRows(r0, n);
+}
+attend::Q8Matrix rows_of(const attend::Q8Matrix& m, Index r0, Index n) {
+  attend::Q8Matrix out(n, m.cols());
+  std::copy_n(m.data() + r0 * m.cols(), n * m.cols(), out.data());
+  std::copy_n(m.scales() + r0 * m.blocks(), n * m.blocks(), out.scales());
+  return out;
+}
+// The kernel's view of stored keys or values.
+template <class S>
+attend::detail::ConstRowsRef<S> view(const Matrix<S>& m) {
+  return attend::detail::ConstRowsRef<S>(m);
+}
+attend::detail::Q8Rows<float> view(const attend::Q8Matrix& m) { return attend::detail::q8_rows(m); }
+
 // Every sequence of the ragged result against the kernel on its rows alone.
-template <class T, class S>
-void expect_each_sequence_alone(const Matrix<T>& q, const Matrix<S>& k, const Matrix<S>& v, const Ragged& r, Heads h,
+template <class T, class KV>
+void expect_each_sequence_alone(const Matrix<T>& q, const KV& k, const KV& v, const Ragged& r, Heads h,
                                 const Options& o, const attend::AttentionResult<T>& got, const std::string& what) {
   using C = attend::accumulator_t<T>;
   for (std::size_t b = 0; b + 1 < r.q_offsets.size(); ++b) {
     const Index q0 = r.q_offsets[b], lq = r.q_offsets[b + 1] - q0, k0 = r.kv_offsets[b], lk = r.kv_offsets[b + 1] - k0;
     if (lq == 0) continue;
-    const Matrix<S> kb = k.middleRows(k0, lk), vb = v.middleRows(k0, lk);
+    const KV kb = rows_of(k, k0, lk), vb = rows_of(v, k0, lk);
     const auto alone = attend::multi_head_attention_with_lse(Matrix<T>(q.middleRows(q0, lq)), kb, vb, h, o);
     const Matrix<T> out = got.out.middleRows(q0, lq);
     const Matrix<C> lse = got.lse.middleRows(q0, lq);
@@ -129,11 +172,15 @@ struct FloatOverHalf {
   using Q = float;
   using KV = Eigen::half;
 };
+struct FloatOverQ8 {
+  using Q = float;
+  using KV = attend::q8;
+};
 
 template <class P>
 class RaggedKernel : public ::testing::Test {};
-using Pairs = ::testing::Types<Types<float>, Types<double>, FloatOverBf16, FloatOverHalf, Types<Eigen::bfloat16>,
-                               Types<Eigen::half>>;
+using Pairs = ::testing::Types<Types<float>, Types<double>, FloatOverBf16, FloatOverHalf, FloatOverQ8,
+                               Types<Eigen::bfloat16>, Types<Eigen::half>>;
 TYPED_TEST_SUITE(RaggedKernel, Pairs);
 
 // Random batches with empty sequences (no queries, no keys or neither), one-token decodes, Lq > Lk, long caches that
@@ -145,16 +192,19 @@ TYPED_TEST(RaggedKernel, EachSequenceEqualsTheKernelOnItsRowsAlone) {
   const std::vector<Heads> heads = {{8, 2}, {4, 4}, {6, 1}};
   for (int i = 0; i < 18; ++i) {
     const Heads h = heads[static_cast<std::size_t>(i) % heads.size()];
-    const Index d = i % 2 ? 16 : 32;
+    const Index d = head_dim<S>(i % 2 ? 16 : 32);
     const Ragged r = random_batch(rng, 1 + i % 7, {0, 1, 1, 2, 7, 40, 90}, {0, 1, 3, 7, 40, 300, 700, 1300});
     const Options o = options_of(i, h.query);
     const Matrix<T> q = random_matrix<T>(r.q_offsets.back(), h.query * d, rng);
-    const Matrix<S> k = random_matrix<S>(r.kv_offsets.back(), h.kv * d, rng);
-    const Matrix<S> v = random_matrix<S>(r.kv_offsets.back(), h.kv * d, rng);
+    const stored_t<S> k = random_kv<S>(r.kv_offsets.back(), h.kv * d, rng);
+    const stored_t<S> v = random_kv<S>(r.kv_offsets.back(), h.kv * d, rng);
     const auto got = attend::multi_head_attention_with_lse(q, k, v, r, h, o);
     ASSERT_EQ(got.out.rows(), q.rows());
     ASSERT_EQ(got.out.cols(), h.query * d);
     EXPECT_TRUE(bitwise_equal(got.out, attend::multi_head_attention(q, k, v, r, h, o)));
+    Matrix<T> into(q.rows(), h.query * d);
+    attend::multi_head_attention_into(q, k, v, r, h, into, o);
+    EXPECT_TRUE(bitwise_equal(got.out, into));
     expect_each_sequence_alone(q, k, v, r, h, o, got, "case " + std::to_string(i) + ":" + describe(r));
   }
 }
@@ -171,92 +221,28 @@ TYPED_TEST(RaggedKernel, SmallTilesGiveEachSequenceTheBitsOfItsOwnCall) {
     const Heads h = i % 3 == 0 ? Heads{2, 1} : Heads{4, 2};
     const Ragged r = random_batch(rng, 1 + i % 5, {0, 1, 2, 3, 9, 20}, {0, 1, 5, 9, 33, 70});
     const Options o = options_of(i, h.query);
-    const Matrix<T> q = random_matrix<T>(r.q_offsets.back(), h.query * 8, rng);
-    const Matrix<S> k = random_matrix<S>(r.kv_offsets.back(), h.kv * 8, rng);
-    const Matrix<S> v = random_matrix<S>(r.kv_offsets.back(), h.kv * 8, rng);
-    Matrix<T> out(q.rows(), h.query * 8);
+    const Index d = head_dim<S>(8);
+    const Matrix<T> q = random_matrix<T>(r.q_offsets.back(), h.query * d, rng);
+    const stored_t<S> k = random_kv<S>(r.kv_offsets.back(), h.kv * d, rng);
+    const stored_t<S> v = random_kv<S>(r.kv_offsets.back(), h.kv * d, rng);
+    Matrix<T> out(q.rows(), h.query * d);
     Matrix<C> lse(q.rows(), h.query);
     const attend::detail::ConstRowsRef<T> qr(q);
-    const attend::detail::ConstRowsRef<S> kr(k), vr(v);
-    attend::detail::ragged_attention(qr, kr, vr, r, h, o, out, &lse, tiles);
+    attend::detail::ragged_attention(qr, view(k), view(v), r, h, o, out, &lse, tiles);
     for (std::size_t b = 0; b + 1 < r.q_offsets.size(); ++b) {
       const Index q0 = r.q_offsets[b], lq = r.q_offsets[b + 1] - q0, k0 = r.kv_offsets[b];
       const Index lk = r.kv_offsets[b + 1] - k0;
       if (lq == 0) continue;
       const Matrix<T> qb = q.middleRows(q0, lq);
-      const Matrix<S> kb = k.middleRows(k0, lk), vb = v.middleRows(k0, lk);
-      Matrix<T> alone(lq, h.query * 8);
+      const stored_t<S> kb = rows_of(k, k0, lk), vb = rows_of(v, k0, lk);
+      Matrix<T> alone(lq, h.query * d);
       Matrix<C> alone_lse(lq, h.query);
       const attend::detail::ConstRowsRef<T> qbr(qb);
-      const attend::detail::ConstRowsRef<S> kbr(kb), vbr(vb);
+      const auto kbr = view(kb), vbr = view(vb);
       attend::detail::attention(attend::detail::make_problem(qbr, kbr, vbr, nullptr, h, o), alone, &alone_lse, tiles);
       EXPECT_TRUE(bitwise_equal(Matrix<T>(out.middleRows(q0, lq)), alone))
           << "case " << i << describe(r) << " seq " << b;
       EXPECT_TRUE(bitwise_equal(Matrix<C>(lse.middleRows(q0, lq)), alone_lse)) << "case " << i << " seq " << b;
-    }
-  }
-}
-
-// 8-bit keys and values (Q8Matrix) under float queries: each sequence bitwise the q8 call on its rows alone (q8 rows
-// are quantized row by row, so a sequence's rows of quantize_q8(k) are quantize_q8 of its rows of k), with the
-// default tiles and with tiny ones through the kernel seam.
-TEST(RaggedQ8, EachSequenceEqualsTheQ8CallOnItsRowsAlone) {
-  std::mt19937 rng(1607);
-  const std::vector<Heads> heads = {{8, 2}, {4, 4}, {6, 1}};
-  for (int i = 0; i < 12; ++i) {
-    const Heads h = heads[static_cast<std::size_t>(i) % heads.size()];
-    const Index d = i % 2 ? 32 : 64;
-    const Ragged r = random_batch(rng, 1 + i % 7, {0, 1, 1, 2, 7, 40, 90}, {0, 1, 3, 7, 40, 300, 700, 1300});
-    const Options o = options_of(i, h.query);
-    const Matrix<float> q = random_matrix<float>(r.q_offsets.back(), h.query * d, rng);
-    const Matrix<float> k = random_matrix<float>(r.kv_offsets.back(), h.kv * d, rng);
-    const Matrix<float> v = random_matrix<float>(r.kv_offsets.back(), h.kv * d, rng);
-    const attend::Q8Matrix k8 = attend::quantize_q8(k), v8 = attend::quantize_q8(v);
-    const auto got = attend::multi_head_attention_with_lse(q, k8, v8, r, h, o);
-    EXPECT_TRUE(bitwise_equal(got.out, attend::multi_head_attention(q, k8, v8, r, h, o)));
-    Matrix<float> into(q.rows(), h.query * d);
-    attend::multi_head_attention_into(q, k8, v8, r, h, into, o);
-    EXPECT_TRUE(bitwise_equal(got.out, into));
-    for (std::size_t b = 0; b + 1 < r.q_offsets.size(); ++b) {
-      const Index q0 = r.q_offsets[b], lq = r.q_offsets[b + 1] - q0, k0 = r.kv_offsets[b];
-      const Index lk = r.kv_offsets[b + 1] - k0;
-      if (lq == 0) continue;
-      const auto alone = attend::multi_head_attention_with_lse(
-          Matrix<float>(q.middleRows(q0, lq)), attend::quantize_q8(Matrix<float>(k.middleRows(k0, lk))),
-          attend::quantize_q8(Matrix<float>(v.middleRows(k0, lk))), h, o);
-      EXPECT_TRUE(bitwise_equal(Matrix<float>(got.out.middleRows(q0, lq)), alone.out))
-          << "case " << i << describe(r) << " seq " << b;
-      EXPECT_TRUE(bitwise_equal(Matrix<float>(got.lse.middleRows(q0, lq)), alone.lse)) << "case " << i << " seq " << b;
-    }
-  }
-}
-
-TEST(RaggedQ8, SmallTilesGiveEachSequenceTheBitsOfItsOwnCall) {
-  std::mt19937 rng(1608);
-  const auto tiles = attend_test::tiles().with_queries(4).with_keys(8).with_decode_chunk(16).with_cut_keys(4);
-  for (int i = 0; i < 10; ++i) {
-    const Heads h = i % 3 == 0 ? Heads{2, 1} : Heads{4, 2};
-    const Ragged r = random_batch(rng, 1 + i % 5, {0, 1, 2, 3, 9, 20}, {0, 1, 5, 9, 33, 70});
-    const Options o = options_of(i, h.query);
-    const Matrix<float> q = random_matrix<float>(r.q_offsets.back(), h.query * 32, rng);
-    const attend::Q8Matrix k = attend::quantize_q8(random_matrix<float>(r.kv_offsets.back(), h.kv * 32, rng));
-    const attend::Q8Matrix v = attend::quantize_q8(random_matrix<float>(r.kv_offsets.back(), h.kv * 32, rng));
-    Matrix<float> out(q.rows(), h.query * 32), lse(q.rows(), h.query);
-    const attend::detail::ConstRowsRef<float> qr(q);
-    attend::detail::ragged_attention(qr, attend::detail::q8_rows(k), attend::detail::q8_rows(v), r, h, o, out, &lse,
-                                     tiles);
-    for (std::size_t b = 0; b + 1 < r.q_offsets.size(); ++b) {
-      const Index q0 = r.q_offsets[b], lq = r.q_offsets[b + 1] - q0, k0 = r.kv_offsets[b];
-      const Index lk = r.kv_offsets[b + 1] - k0;
-      if (lq == 0) continue;
-      const Matrix<float> qb = q.middleRows(q0, lq);
-      const attend::detail::ConstRowsRef<float> qbr(qb);
-      const auto kb = attend::detail::q8_rows(k).middleRows(k0, lk), vb = attend::detail::q8_rows(v).middleRows(k0, lk);
-      Matrix<float> alone(lq, h.query * 32), alone_lse(lq, h.query);
-      attend::detail::attention(attend::detail::make_problem(qbr, kb, vb, nullptr, h, o), alone, &alone_lse, tiles);
-      EXPECT_TRUE(bitwise_equal(Matrix<float>(out.middleRows(q0, lq)), alone))
-          << "case " << i << describe(r) << " seq " << b;
-      EXPECT_TRUE(bitwise_equal(Matrix<float>(lse.middleRows(q0, lq)), alone_lse)) << "case " << i << " seq " << b;
     }
   }
 }

@@ -174,18 +174,33 @@ TEST(PagedKVCache, CopiesHoldTheSameSequences) {
   EXPECT_EQ(moved.length(b), 6);
 }
 
-// 16-bit pages hold what a 16-bit KVCache holds: the same rounding.
-TEST(PagedKVCache, SixteenBitPagesRoundAsKVCacheDoes) {
+// 16-bit and 8-bit pages hold what a KVCache and a LatentCache of the same storage hold: the same rounding (q8: the
+// same blocks and half scales), in the same bytes per token.
+template <class S>
+class NarrowPages : public ::testing::Test {};
+using NarrowStorage = ::testing::Types<Eigen::bfloat16, Eigen::half, attend::q8>;
+TYPED_TEST_SUITE(NarrowPages, NarrowStorage);
+
+TYPED_TEST(NarrowPages, HoldWhatTheContiguousCachesHold) {
+  using S = TypeParam;
   std::mt19937 rng(1705);
-  const Matrix<float> k = random_matrix<float>(21, 8, rng), v = random_matrix<float>(21, 8, rng);
-  attend::KVCache<float, Eigen::bfloat16> flat;
+  const Matrix<float> k = random_matrix<float>(21, 64, rng), v = random_matrix<float>(21, 32, rng);
+  attend::KVCache<float, S> flat;
   flat.append(k, v);
-  attend::PagedKVCache<float, Eigen::bfloat16> paged(5);
+  attend::PagedKVCache<float, S> paged(5);
   const int s = paged.add_sequence();
   paged.append(s, k.topRows(11), v.topRows(11));
   paged.append(s, k.bottomRows(10), v.bottomRows(10));
-  EXPECT_TRUE(same_bits(paged.keys(s), Matrix<Eigen::bfloat16>(flat.keys())));
-  EXPECT_TRUE(same_bits(paged.values(s), Matrix<Eigen::bfloat16>(flat.values())));
+  EXPECT_TRUE(same_bits(paged.keys_dequantized(s), flat.keys_dequantized()));
+  EXPECT_TRUE(same_bits(paged.values_dequantized(s), flat.values_dequantized()));
+  EXPECT_EQ(paged.bytes(), 5 * 5 * flat.bytes() / 21);  // 5 pages of 5 tokens
+  attend::PagedLatentCache<float, S> latent(4);
+  const int t = latent.add_sequence();
+  latent.append({t}, {0, 21}, k, 32);
+  attend::LatentCache<float, S> flat_latent;
+  flat_latent.append(k, 32);
+  EXPECT_TRUE(same_bits(latent.entries_dequantized(t), flat_latent.entries_dequantized()));
+  EXPECT_EQ(latent.rope_width(), 32);
 }
 
 TEST(PagedLatentCache, EntriesGrowAPageAtATime) {
@@ -286,6 +301,41 @@ TYPED_TEST(PagedKernel, PageTablesGiveTheKeysContiguousWouldGive) {
   }
 }
 
+// q8 pages against the same q8 rows contiguous: a Q8Matrix of the same blocks with the pages' half scales (in
+// float), through the ragged q8 call. Equal up to the order of the additions where a page ends inside a block of
+// the narrow products, as 16-bit pages.
+TEST(PagedKernelQ8, PageTablesGiveTheKeysContiguousWouldGive) {
+  std::mt19937 rng(1713);
+  const Heads h{8, 2};
+  const Index d = 32, kw = h.kv * d;
+  const std::vector<Index> lengths = {700, 1, 0, 130, 40, 1500, 9}, queries = {1, 1, 0, 130, 7, 1, 9};
+  attend::Ragged r{{0}, {0}};
+  for (std::size_t b = 0; b < lengths.size(); ++b) {
+    r.q_offsets.push_back(r.q_offsets.back() + queries[b]);
+    r.kv_offsets.push_back(r.kv_offsets.back() + lengths[b]);
+  }
+  const Matrix<float> k = random_matrix<float>(r.kv_offsets.back(), kw, rng);
+  const Matrix<float> v = random_matrix<float>(r.kv_offsets.back(), kw, rng);
+  const Matrix<float> q = random_matrix<float>(r.q_offsets.back(), h.query * d, rng);
+  attend::Q8Matrix k8 = attend::quantize_q8(k), v8 = attend::quantize_q8(v);
+  for (attend::Q8Matrix* m : {&k8, &v8})
+    for (Index i = 0; i < m->rows() * m->blocks(); ++i) m->scales()[i] = float(Eigen::half(m->scales()[i]));
+  for (Index page : {1, 3, 16, 64}) {
+    attend::PagedKVCache<float, attend::q8> cache(page);
+    std::vector<int> ids;
+    for (std::size_t b = 0; b < lengths.size(); ++b) ids.push_back(cache.add_sequence());
+    cache.append(ids, r.kv_offsets, k, v);
+    for (int i = 0; i < 5; ++i) {
+      const Options o = options_of(i, h.query);
+      const auto want = attend::multi_head_attention_with_lse(q, k8, v8, r, h, o);
+      Matrix<float> out(q.rows(), h.query * d), lse(q.rows(), h.query);
+      attend::detail::paged_attention<float>(q, cache, ids, r.q_offsets, h, kw, kw, o, out, &lse);
+      EXPECT_LE(relative_diff(out, want.out), 1e-5) << "page " << page << ", options " << i;
+      EXPECT_LE(relative_diff(lse, want.lse), 1e-5) << "page " << page << ", options " << i;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Serving runs.
 
@@ -369,13 +419,18 @@ void serve(const Layer& layer, int d_model, Index page_tokens, int steps, std::m
 
 template <class P>
 class Serving : public ::testing::Test {};
-TYPED_TEST_SUITE(Serving, Pairs);
+using ServingPairs = ::testing::Types<Pair<float>, Pair<double>, Pair<float, Eigen::bfloat16>, Pair<float, Eigen::half>,
+                                      Pair<float, attend::q8>>;
+TYPED_TEST_SUITE(Serving, ServingPairs);
 
 // Tolerances: float and double compare one precision's kernel over keys projected in one batch instead of per
 // sequence (an ulp apart at most); 16-bit caches round those keys to 16 bits, where an ulp of float can become one
 // ulp of a stored key: two ulps of the 16-bit type (2^-7 for bfloat16, 2^-10 for half) leave room for that.
+// q8: a key that differs by an ulp can cross the rounding point of its 8-bit value, one step of its block's
+// scale (max |x| / 127).
 template <class T, class S>
 double serving_tolerance() {
+  if constexpr (std::is_same_v<S, attend::q8>) return 5e-3;  // 5.1e-4 seen
   if constexpr (std::is_same_v<S, Eigen::bfloat16>) return 8e-3;
   if constexpr (std::is_same_v<S, Eigen::half>) return 1e-3;
   return std::is_same_v<T, float> ? 1e-5 : 1e-12;
@@ -387,7 +442,8 @@ TYPED_TEST(Serving, EverySequenceGetsTheRowsOfItsOwnKVCache) {
   std::mt19937 rng(1708);
   for (int i = 0; i < 5; ++i) {
     const int heads = i % 2 ? 4 : 8, kv_heads = i % 3 == 0 ? 1 : 2;
-    const auto layer = attend_test::random_mha<T>(48, heads, kv_heads, 16, rng);
+    const int head_dim = std::is_same_v<S, attend::q8> ? 32 : 16;  // q8: heads of whole blocks
+    const auto layer = attend_test::random_mha<T>(48, heads, kv_heads, head_dim, rng);
     const Index page = std::vector<Index>{16, 1, 3, 64, 5}[static_cast<std::size_t>(i)];
     serve<attend::MultiHeadAttention<T>, attend::PagedKVCache<T, S>, attend::KVCache<T, S>>(
         layer, 48, page, 30, rng, options_of(i, heads), serving_tolerance<T, S>(),
@@ -395,15 +451,17 @@ TYPED_TEST(Serving, EverySequenceGetsTheRowsOfItsOwnKVCache) {
   }
 }
 
-template <class T>
+// kv_lora_rank 16 and rope 4; for q8 caches 32 and 32 (the latent and the whole row in blocks of 32).
+template <class T, class S = T>
 attend::MultiHeadLatentAttention<T> random_mla(bool q_lora, std::mt19937& rng) {
+  constexpr bool q8 = std::is_same_v<S, attend::q8>;
   typename attend::MultiHeadLatentAttention<T>::Config c;
-  c.d_model = 40, c.heads = 4, c.q_lora_rank = q_lora ? 12 : 0, c.kv_lora_rank = 16, c.qk_nope_head_dim = 8;
-  c.qk_rope_head_dim = 4, c.v_head_dim = 8;
+  c.d_model = 40, c.heads = 4, c.q_lora_rank = q_lora ? 12 : 0, c.kv_lora_rank = q8 ? 32 : 16, c.qk_nope_head_dim = 8;
+  c.qk_rope_head_dim = q8 ? 32 : 4, c.v_head_dim = 8;
   attend::MultiHeadLatentAttention<T> m(c);
   for (auto* lin : {&m.q_proj, &m.q_a_proj, &m.q_b_proj, &m.kv_a_proj_with_mqa, &m.kv_b_proj, &m.o_proj})
     if (lin->weight.size() != 0) attend_test::randomize(*lin, rng);
-  m.kv_a_layernorm.weight = attend::Vector<T>::Ones(16) + random_matrix<T>(16, 1, rng, 0.1);
+  m.kv_a_layernorm.weight = attend::Vector<T>::Ones(c.kv_lora_rank) + random_matrix<T>(c.kv_lora_rank, 1, rng, 0.1);
   if (q_lora) m.q_a_layernorm.weight = attend::Vector<T>::Ones(12);
   return m;
 }
@@ -413,7 +471,7 @@ TYPED_TEST(Serving, EveryLatentSequenceGetsTheRowsOfItsOwnLatentCache) {
   using S = typename TypeParam::KV;
   std::mt19937 rng(1709);
   for (int i = 0; i < 3; ++i) {
-    const auto layer = random_mla<T>(i == 1, rng);
+    const auto layer = random_mla<T, S>(i == 1, rng);
     const Index page = std::vector<Index>{16, 3, 1}[static_cast<std::size_t>(i)];
     Options o = options_of(i == 2 ? 4 : i, 4);
     o.softcap = 0;  // the latent path refuses a softcap with key biases, which random_mla has

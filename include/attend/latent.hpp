@@ -175,7 +175,7 @@ struct MultiHeadLatentAttention {
       rope_queries(q.middleRows(row, n), start);
       rope_latent(latent.middleRows(row, n), start);
     }
-    cache.append_checked(seqs, x_offsets, latent, r);
+    cache.append(seqs, x_offsets, latent, r);
 
     const Matrix<T> q_latent = absorbed_queries(q);
     Matrix<T> out_latent(xe.rows(), Index(c.heads) * r);

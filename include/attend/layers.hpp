@@ -109,22 +109,25 @@ struct MultiHeadAttention {
   ///
   /// **Shapes:** (N,d_model), B ids, B+1 offsets from 0 to N => (N,d_model); each sequence grows by its rows.
   /// \throws attend::shape_error as forward(x), and for an id the cache does not hold or named twice, offsets that
-  ///         are not B+1 non-decreasing values from 0 to N, or a cache holding tokens of a layer of other sizes;
-  ///         the cache is unchanged then.
+  ///         are not B+1 non-decreasing values from 0 to N, or a cache holding tokens of a layer of other sizes
+  ///         (widths, or kv heads and head dims); the cache is unchanged then.
+  ///
+  /// The cache may store its keys and values in 16 or 8 bits (PagedKVCache<float, Eigen::bfloat16>, <float,
+  /// Eigen::half>, <float, attend::q8>), as KVCache does.
   template <class Derived, class S>
   Matrix<T> forward(const Eigen::MatrixBase<Derived>& x, PagedKVCache<T, S>& cache, const std::vector<int>& seqs,
                     const std::vector<Index>& x_offsets, const Options& options = {}) const {
     constexpr const char* fn = "MultiHeadAttention::forward";
     detail::static_check_scalars<T, Derived>();
     check(fn, x, options);
-    const Index kv_width = Index(kv_heads) * head_dim;
     cache.check_batch(fn, seqs, x_offsets, x.rows(), x.cols());
-    cache.check_widths(fn, kv_width, kv_width);
+    cache.check_layout(fn, kv_heads, head_dim);
     Matrix<T> copy;  // evaluated once; row-major inputs are not copied (see detail::bind_rows)
     const detail::ConstRowsRef<T> xe = detail::bind_rows(x, copy);
-    cache.append_checked(seqs, x_offsets, project(k_proj, xe), project(v_proj, xe));
+    cache.append(seqs, x_offsets, project(k_proj, xe), project(v_proj, xe), kv_heads, head_dim);
     const Matrix<T> q = project(q_proj, xe);
     Matrix<T> heads_out(xe.rows(), Index(heads) * head_dim);
+    const Index kv_width = Index(kv_heads) * head_dim;
     detail::paged_attention<T>(q, cache, seqs, x_offsets, Heads{heads, kv_heads}, kv_width, kv_width, options,
                                heads_out, nullptr);
     return detail::linear(o_proj.weight, o_proj.bias, heads_out);
