@@ -219,11 +219,28 @@ class PackedTile {
       v_offset = 0;
     }
 
+    // Where the mask cuts the tile, row r sees keys [lo[r], hi[r]) of it; both bounds grow with r. A panel of rows
+    // then needs only the keys up to its last row's end, in whole panels of nr keys (seen[i] of them; a causal
+    // diagonal tile is a triangle, so S and P V over it cost about half a full tile).
+    Index* lo = nullptr;
+    Index* hi = nullptr;
+    if (cut_by_mask) {
+      lo = ws_.visible_lo.data();
+      hi = ws_.visible_hi.data();
+      for (Index r = 0; r < rows; ++r) std::tie(lo[r], hi[r]) = tile_.visible(r0 + r, kt, tk, true);
+    }
+    const auto seen = [&](Index i, Index h) {
+      if (!lo) return tk;
+      Index end = 0;
+      for (Index r = i; r < i + h; ++r) end = std::max(end, hi[r]);
+      return std::min(tk, (end + Gemm::nr - 1) / Gemm::nr * Gemm::nr);
+    };
+
     // S = Q K^T: panel (i, h) is the column-major h x tk block at s + i * tk, exactly where packing P would put it.
     C* const s = ws_.panels.data();
     Gemm::for_each_panel(rows, [&](Index i, Index h) {
       std::fill_n(s + i * tk, h * tk, C(0));
-      Gemm::multiply_add(s + i * tk, h, q + i * d, k, h, d, tk);
+      Gemm::multiply_add(s + i * tk, h, q + i * d, k, h, d, seen(i, h));
     });
     // The score transform: softcap over the whole tile, bias and ALiBi entry by entry (strided in this layout).
     transform_.cap(Eigen::Map<Eigen::Array<C, Eigen::Dynamic, 1>>(s, rows * tk));
@@ -232,15 +249,7 @@ class PackedTile {
         for (Index r = 0; r < h; ++r)
           transform_.add_terms(s + i * tk + r, h, tile_.position(r0 + i + r), tile_.head(r0 + i + r), kt, tk);
       });
-    // The mask and the online-softmax step. Where the mask cuts the tile, row r sees keys [lo[r], hi[r]) of it;
-    // both bounds grow with r.
-    Index* lo = nullptr;
-    Index* hi = nullptr;
-    if (cut_by_mask) {
-      lo = ws_.visible_lo.data();
-      hi = ws_.visible_hi.data();
-      for (Index r = 0; r < rows; ++r) std::tie(lo[r], hi[r]) = tile_.visible(r0 + r, kt, tk, true);
-    }
+    // The mask and the online-softmax step.
     Gemm::for_each_panel(rows, [&](Index i, Index h) {
       const Index row = r0 + i;
       online_softmax::panel_step<Gemm::mr>(s + i * tk, h, tk, ws_.max.data() + row, ws_.sum.data() + row,
@@ -264,6 +273,11 @@ class PackedTile {
               if (w != C(0)) ws_.acc_cols.row(r0 + i + r) += w * kv_.values(kt + j, kt + j + 1).template cast<C>();
             }
         });
+    } else if (lo) {  // each panel over the keys its rows see (the weights beyond are zeros)
+      Gemm::for_each_panel(rows, [&](Index i, Index h) {
+        Gemm::multiply_add(ws_.acc_cols.data() + r0 + i, ws_.acc_cols.rows(), s + i * tk, v, h, seen(i, h), dv,
+                           v_stride, v_offset);
+      });
     } else {
       Gemm::multiply_add(ws_.acc_cols.data() + r0, ws_.acc_cols.rows(), s, v, rows, tk, dv, v_stride, v_offset);
     }
