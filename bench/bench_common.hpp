@@ -35,6 +35,11 @@ namespace bench {
 using attend::Index;
 using Mat = attend::Matrix<float>;
 
+/// The decode benchmarks' layer (decode_bench, serving_bench): GQA 32/8, head dim 128.
+constexpr int kQueryHeads = 32;
+constexpr int kKvHeads = 8;
+constexpr attend::Index kHeadDim = 128;
+
 /// OpenMP threads a parallel region would use now (1 without OpenMP).
 inline int omp_threads() {
 #if defined(_OPENMP)

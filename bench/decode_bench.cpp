@@ -26,9 +26,9 @@ namespace {
 using bench::Index;
 using bench::Mat;
 
-constexpr int kQueryHeads = 32;
-constexpr int kKvHeads = 8;
-constexpr Index kHeadDim = 128;
+using bench::kHeadDim;
+using bench::kKvHeads;
+using bench::kQueryHeads;
 
 void decode_counters(benchmark::State& state, Index cache, Index lq, std::size_t bytes_per_value = sizeof(float)) {
   bench::common_counters(state);

@@ -37,9 +37,9 @@ namespace {
 using bench::Index;
 using bench::Mat;
 
-constexpr int kQueryHeads = 32;
-constexpr int kKvHeads = 8;
-constexpr Index kHeadDim = 128;
+using bench::kHeadDim;
+using bench::kKvHeads;
+using bench::kQueryHeads;
 const attend::Heads kHeads{kQueryHeads, kKvHeads};
 
 attend::Options causal() {
