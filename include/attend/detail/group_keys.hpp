@@ -125,15 +125,16 @@ class GroupKeys {
 };
 
 /// Every group's keys and values, column slices of the problem's k and v. Without keys nothing is read from them,
-/// and a column block of an empty matrix would offset its null data pointer (undefined behaviour), so then each
-/// group gets the empty matrices whole.
+/// and a column block of an empty matrix away from its start would offset its null data pointer (undefined
+/// behaviour), so then each group gets the first group's columns: no rows, the group's widths (which the
+/// workspaces are sized by).
 template <class T, class S>
 std::vector<GroupKeys<S>> group_keys(const Problem<T, S>& pb) {
   std::vector<GroupKeys<S>> slices;
   slices.reserve(static_cast<std::size_t>(pb.groups));
   for (Index g = 0; g < pb.groups; ++g)
     if (pb.keys == 0)
-      slices.emplace_back(pb.k, pb.v);
+      slices.emplace_back(pb.k.leftCols(pb.d), pb.v.leftCols(pb.dv));
     else
       slices.emplace_back(pb.k.middleCols(g * pb.d, pb.d), pb.v.middleCols(g * pb.dv, pb.dv));
   return slices;
