@@ -16,8 +16,16 @@
 ///   score_transform.hpp  scale, softcap, bias, mask: the score's order of operations, once
 ///   online_softmax.hpp   the running max and sum, row-wise and panel-wise, and the -inf rules, once
 ///   merge.hpp            exact merge of results over disjoint key sets (decode chunks, merge_attention, ring)
-///   row_products.hpp, packed_gemm.hpp   the products of each mainloop
+///   tile16_mainloop.hpp  mainloop for 16-bit tiles on AMX (bf16 A and B tiles, float C tiles), with
+///   tile16_products.hpp  its tile products and vnni_pack.hpp, the pair layout AMX and vdpbf16ps read
+///   row_products.hpp, packed_gemm.hpp   the products of the float mainloops
+///   row_products_narrow.hpp             the same register-blocked products on 16-bit and q8 rows (decode)
+///   q8_rows.hpp          q8 rows (int8 blocks of 32 with a scale) as a key storage, read in place
+///   cpu.hpp              which instructions this CPU and process may use (AVX-512, BF16, AMX tile state)
 ///   threads.hpp, finite.hpp, assert.hpp, checks.hpp   OpenMP use, the 0 * inf guard, invariants, argument checks
+///
+/// Beside it: backward.hpp (FlashAttention-2 backward: backward_problem, _plan, _schedule, _mainloop, _gemm),
+/// layer_backward.hpp (the layers' gradients), row_store.hpp and cache_rows.hpp (the caches' storage).
 ///
 /// The algorithm (FlashAttention-2 forward): queries in tiles of rows, keys in tiles of columns; for each pair,
 /// S = Q K^T, the score transform, the online-softmax step (rescaling the accumulator when a row's maximum moves),
