@@ -32,12 +32,14 @@
 ///   mpi/row_layout.hpp         RowRange, RowLayout: which rows each rank holds (no MPI: usable without it)
 ///   mpi/comm.hpp               the MPI datatype of a scalar, a row datatype, a private duplicate communicator
 ///   mpi/collective_checks.hpp  the signature every rank sends, its collective agreement and its messages
-///   mpi/ring.hpp               ring_attention(), ring_attention_with_lse(), RingStats, RingWorkspace, RingTuning
+///   mpi/ring.hpp               ring_attention(), ring_attention_with_lse()
+///   mpi/ring_types.hpp         RingStats, RingWorkspace, RingTuning (MPI-free)
 ///   mpi/scatter_gather.hpp     scatter_rows(), gather_rows(), zigzag_scatter(), zigzag_gather()
 
 #include "attend/mpi/collective_checks.hpp"
 #include "attend/mpi/comm.hpp"
 #include "attend/mpi/ring.hpp"
+#include "attend/mpi/ring_types.hpp"
 #include "attend/mpi/row_layout.hpp"
 #include "attend/mpi/scatter_gather.hpp"
 
