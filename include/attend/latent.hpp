@@ -7,6 +7,11 @@
 /// up-projection of the keys is absorbed into the queries (q_nope . (W_UK c) = (W_UK^T q_nope) . c) and that of
 /// the values into the output (sum p W_UV c = W_UV sum p c), so attention runs in the latent space as
 /// multi-query attention over the cache itself: every head shares the one latent kv head.
+///
+/// Longer than most headers (about 370 lines) on purpose: it is one layer, its weights and config checks, its
+/// four entry points (forward, over a LatentCache, over a PagedLatentCache, backward) and the private steps they
+/// share (queries, latent, RoPE, absorption); the machinery behind them lives in detail/ (layer_backward.hpp, the
+/// kernel, paged_batch.hpp). Splitting the one struct across files would scatter the steps its forwards share.
 
 #include <cmath>
 #include <cstddef>
