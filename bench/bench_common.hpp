@@ -15,6 +15,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <array>
 #include <attend/attend.hpp>
 #include <cmath>
 #include <cstdint>
@@ -84,15 +85,15 @@ template <class S>
 struct Inputs16 {
   attend::Matrix<S> q, k, v;
 };
+/// Keyed by the float inputs' shapes: inputs() keeps one set in one object, so its address never changes.
 template <class S>
 inline const Inputs16<S>& inputs16(const Inputs& in) {
-  static const Inputs* from = nullptr;
-  static Index rows = -1;
+  static std::array<Index, 6> key{-1, -1, -1, -1, -1, -1};
   static Inputs16<S> out;
-  if (from != &in || rows != in.k.rows() + in.q.rows()) {
+  const std::array<Index, 6> want{in.q.rows(), in.q.cols(), in.k.rows(), in.k.cols(), in.v.rows(), in.v.cols()};
+  if (key != want) {
     out = Inputs16<S>{in.q.cast<S>(), in.k.cast<S>(), in.v.cast<S>()};
-    from = &in;
-    rows = in.k.rows() + in.q.rows();
+    key = want;
   }
   return out;
 }
