@@ -29,9 +29,11 @@ void check_rope(const char* fn, Index cols, Index head_dim, double theta) {
 }
 
 /// Rotates columns [offset, offset + dim) of every row of x, row r at position start + r. Angles are formed in
-/// double (position * theta^(-2i/dim)) so long positions keep their precision in float.
+/// double (position * theta^(-2i/dim)) so long positions keep their precision in float. `direction` -1 rotates
+/// back by the same angles (R(-angle), the transpose: RoPE's backward).
 template <class T>
-void rope_slice_in_place(RowsRef<T> x, Index offset, Index dim, Index start, double theta, RopeLayout layout) {
+void rope_slice_in_place(RowsRef<T> x, Index offset, Index dim, Index start, double theta, RopeLayout layout,
+                         double direction = 1.0) {
   const Index pairs = dim / 2;
   for (Index i = 0; i < pairs; ++i) {
     const double inv_freq = std::pow(theta, -2.0 * double(i) / double(dim));
@@ -39,7 +41,7 @@ void rope_slice_in_place(RowsRef<T> x, Index offset, Index dim, Index start, dou
     const Index b = offset + (layout == RopeLayout::interleaved ? 2 * i + 1 : i + pairs);
     for (Index r = 0; r < x.rows(); ++r) {
       const double angle = double(start + r) * inv_freq;
-      const T c = static_cast<T>(std::cos(angle)), s = static_cast<T>(std::sin(angle));
+      const T c = static_cast<T>(std::cos(angle)), s = static_cast<T>(direction * std::sin(angle));
       const T xa = x(r, a), xb = x(r, b);
       x(r, a) = xa * c - xb * s;
       x(r, b) = xa * s + xb * c;

@@ -82,25 +82,6 @@ Matrix<T> rms_norm_backward(const RMSNorm<T>& norm, const Matrix<T>& x, const Ma
   return dx;
 }
 
-/// The backward of rope_slice_in_place(): rotates columns [offset, offset + dim) of each row back by the angle the
-/// forward turned them (row r at position start + r).
-template <class T>
-void rope_slice_backward_in_place(RowsRef<T> x, Index offset, Index dim, Index start, double theta, RopeLayout layout) {
-  const Index pairs = dim / 2;
-  for (Index i = 0; i < pairs; ++i) {
-    const double inv_freq = std::pow(theta, -2.0 * double(i) / double(dim));
-    const Index a = offset + (layout == RopeLayout::interleaved ? 2 * i : i);
-    const Index b = offset + (layout == RopeLayout::interleaved ? 2 * i + 1 : i + pairs);
-    for (Index r = 0; r < x.rows(); ++r) {
-      const double angle = double(start + r) * inv_freq;
-      const T c = static_cast<T>(std::cos(angle)), s = static_cast<T>(std::sin(angle));
-      const T ya = x(r, a), yb = x(r, b);
-      x(r, a) = ya * c + yb * s;  // R(-angle) dy
-      x(r, b) = yb * c - ya * s;
-    }
-  }
-}
-
 /// What both layers' attention needs: the forward (out and lse), then, given the output gradient through the
 /// output projection, the backward.
 template <class T>
@@ -225,7 +206,7 @@ typename Layer::Gradients mla_backward(const Layer& m, const ConstRowsRef<T>& x,
     dkv.middleCols(h * (nope + dv) + nope, dv) = a.dv.middleCols(h * dv, dv);
     dk_rope += a.dk.middleCols(h * qk + nope, rope);  // every head reads the shared rope key
   }
-  rope_slice_backward_in_place<T>(dk_rope, 0, rope, 0, c.rope_theta, c.rope_layout);
+  rope_slice_in_place<T>(dk_rope, 0, rope, 0, c.rope_theta, c.rope_layout, -1.0);  // R(-angle) dy
   g.kv_b_proj = linear_gradients(m.kv_b_proj, cn, dkv);
   Matrix<T> dkva(L, r + rope);
   dkva.leftCols(r) = rms_norm_backward(m.kv_a_layernorm, latent, times(dkv, m.kv_b_proj.weight), g.kv_a_layernorm);
@@ -234,7 +215,7 @@ typename Layer::Gradients mla_backward(const Layer& m, const ConstRowsRef<T>& x,
   g.dx = times(dkva, m.kv_a_proj_with_mqa.weight);
   Matrix<T> dq = a.dq;
   for (Index h = 0; h < heads; ++h)
-    rope_slice_backward_in_place<T>(dq, h * qk + nope, rope, 0, c.rope_theta, c.rope_layout);
+    rope_slice_in_place<T>(dq, h * qk + nope, rope, 0, c.rope_theta, c.rope_layout, -1.0);
   if (c.q_lora_rank == 0) {
     g.q_proj = linear_gradients(m.q_proj, x, dq);
     g.dx += times(dq, m.q_proj.weight);
