@@ -60,6 +60,29 @@ TYPED_TEST(SinksAlibi, EveryScheduleMatchesTheReference) {
       }
 }
 
+// ALiBi's distances |i + D - j| far from 0: a diagonal D (Mask::with_diagonal) past float's integers (2^24) and
+// past int32 (3 * 2^30), on the row-major (decode) and panel (prefill) layouts, matches the double reference.
+// Slopes this small keep the penalties (~D * 2^-20) from swamping the scores.
+TYPED_TEST(SinksAlibi, DiagonalsFarBeyondTheKeysMatchTheReference) {
+  using T = TypeParam;
+  std::mt19937 rng(71);
+  const Heads h{4, 2};
+  for (Index diagonal : {Index(1) << 20, (Index(1) << 24) - 100, Index(3) << 30})
+    for (auto [lq, lk] : {std::pair<Index, Index>{300, 300}, {1, 3000}, {4, 700}}) {
+      Options o;
+      o.mask = Mask::none().with_diagonal(diagonal);
+      o.alibi_slopes = {std::ldexp(1.0, -20), std::ldexp(1.0, -21), 0.0, std::ldexp(1.0, -24)};
+      const auto q = random_matrix<T>(lq, h.query * 16, rng), k = random_matrix<T>(lk, h.kv * 16, rng);
+      const auto v = random_matrix<T>(lk, h.kv * 8, rng);
+      const auto got = attend::multi_head_attention_with_lse(q, k, v, h, o);
+      const auto want = attend::reference::multi_head_attention_with_lse(q, k, v, h, o);
+      ASSERT_LE(max_abs_diff(got.out, want.out), tolerance<T>()) << lq << "x" << lk << " D " << diagonal;
+      // The lse holds the penalty itself (~D * 2^-20 ~ 3000): relative to it.
+      ASSERT_LE(max_abs_diff(got.lse, want.lse), 10 * tolerance<T>() * (1 + want.lse.cwiseAbs().maxCoeff()))
+          << lq << "x" << lk << " D " << diagonal;
+    }
+}
+
 TYPED_TEST(SinksAlibi, ApplySinksOfAMergeEqualsOneCallWithSinks) {
   using T = TypeParam;
   std::mt19937 rng(71);

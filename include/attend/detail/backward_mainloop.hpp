@@ -34,6 +34,7 @@
 #include "attend/detail/backward_gemm.hpp"
 #include "attend/detail/backward_problem.hpp"
 #include "attend/detail/finite.hpp"
+#include "attend/detail/online_softmax.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/detail/score_transform.hpp"
 #include "attend/shapes.hpp"
@@ -156,9 +157,9 @@ class BackwardKeyTile {
       for (Index c = 0; c < n; ++c) {
         Eigen::Map<Eigen::Array<C, Eigen::Dynamic, 1>> col(p + at + c * h, h);
         if (transform_.has_bias())  // -inf scores (hidden by the bias) are exactly 0, never exponentiated
-          col = (col == -std::numeric_limits<C>::infinity()).select(C(0), (col - lse[c]).exp());
+          col = (col == -std::numeric_limits<C>::infinity()).select(C(0), online_softmax::weights(col - lse[c]));
         else
-          col = (col - lse[c]).exp();
+          col = online_softmax::weights(col - lse[c]);
       }
     });
     if (cut) hide(lo, hi, c0, n);

@@ -15,6 +15,8 @@
 ///   computing exp(-inf - -inf) = NaN.
 /// - On a row's first visible block alpha = std::exp(-inf) = 0 exactly (std::exp, not Eigen's), and l and acc are 0.
 /// - A row with l = 0 at the end saw no key: its output is zero (whatever the values held) and its lse is -inf.
+/// - Weights below negligible_weight() (2^-102 of the row's largest in float) are 0: no subnormal numbers enter
+///   the products (see negligible_weight()).
 ///
 /// Two forms of the step: row_step() on one row of a row-major block (the rows mainloop), panel_step() on a
 /// column-major panel of rows, vectorized across the panel's rows so there is no per-row reduction (the packed
@@ -31,6 +33,45 @@
 
 namespace attend::detail::online_softmax {
 
+/// The weights p = exp(s - m') below which a weight is 0: 2^digits times the smallest normal number (2^-102 in
+/// float, 2^-969 in double). A row's largest weight is 1, so such a weight is below the rounding of every output
+/// entry larger than 2^-102 max|v|; kept, its products with the values and the GEMM's partial sums over a tile of
+/// such weights fall below the smallest normal number, and every multiply-add that makes a subnormal result takes a
+/// microcode assist on today's x86 cores (ALiBi's far keys, a softcap's floor), which made whole products slower.
+template <class T>
+constexpr T negligible_weight() {
+  return std::numeric_limits<T>::min() * T(Index(1) << std::numeric_limits<T>::digits);
+}
+
+/// p -> 0 where p < negligible_weight() (NaN stays NaN): a compare and a mask per packet.
+template <class T>
+struct DropNegligible {
+  T operator()(const T& p) const { return p < negligible_weight<T>() ? T(0) : p; }
+  template <class Packet>
+  Packet packetOp(const Packet& p) const {
+    namespace ei = Eigen::internal;
+    return ei::pandnot(p, ei::pcmp_lt(p, ei::pset1<Packet>(negligible_weight<T>())));  // p & ~(p < w)
+  }
+};
+
+}  // namespace attend::detail::online_softmax
+
+namespace Eigen::internal {
+template <class T>
+struct functor_traits<attend::detail::online_softmax::DropNegligible<T>> {
+  enum { Cost = 2 * NumTraits<T>::AddCost, PacketAccess = packet_traits<T>::Vectorizable };
+};
+}  // namespace Eigen::internal
+
+namespace attend::detail::online_softmax {
+
+/// p = exp(x), with negligible weights 0 (see negligible_weight()): the softmax's exponential, as one expression.
+template <class X>
+auto weights(const X& x) {
+  using T = typename X::Scalar;
+  return x.exp().unaryExpr(DropNegligible<T>());
+}
+
 /// exp(seen - shift) in place (`shift` a scalar or an array like `seen`), with entries equal to -inf mapped to
 /// exactly 0 when `may_hold_neg_inf` (a bias may hide keys). Eigen 3.4 evaluates select() one scalar at a time,
 /// so it is used only then.
@@ -38,9 +79,9 @@ template <class Seen, class Shift>
 void exp_shifted(Seen&& seen, const Shift& shift, bool may_hold_neg_inf) {
   using T = typename std::decay_t<Seen>::Scalar;
   if (may_hold_neg_inf)
-    seen = (seen == -std::numeric_limits<T>::infinity()).select(T(0), (seen - shift).exp());
+    seen = (seen == -std::numeric_limits<T>::infinity()).select(T(0), weights(seen - shift));
   else
-    seen = (seen - shift).exp();
+    seen = weights(seen - shift);
 }
 
 /// The step on one row: `seen` (an array expression) holds the row's visible scores of the block and becomes
@@ -108,7 +149,7 @@ void panel_step(T* s, Index h, Index tk, T* m_data, T* l_data, const Index* lo, 
     for (Index c = 0; c < kBatch; ++c) shifts.segment(c * h, h) = shift;
     for (Index j = 0; j < batched_exp; j += kBatch) {
       auto cols = flat.segment(j * h, kBatch * h);
-      cols = (cols - shifts).exp();  // p_j = exp(s_j - m')
+      cols = weights(cols - shifts);  // p_j = exp(s_j - m')
       sums += cols;
     }
     for (Index c = 0; c < kBatch; ++c) total += sums.segment(c * h, h);

@@ -242,12 +242,13 @@ class PackedTile {
       std::fill_n(s + i * tk, h * tk, C(0));
       Gemm::multiply_add(s + i * tk, h, q + i * d, k, h, d, seen(i, h));
     });
-    // The score transform: softcap over the whole tile, bias and ALiBi entry by entry (strided in this layout).
+    // The score transform: softcap over the whole tile, then bias and ALiBi panel by panel.
     transform_.cap(Eigen::Map<Eigen::Array<C, Eigen::Dynamic, 1>>(s, rows * tk));
     if (transform_.has_terms())
       Gemm::for_each_panel(rows, [&](Index i, Index h) {
-        for (Index r = 0; r < h; ++r)
-          transform_.add_terms(s + i * tk + r, h, tile_.position(r0 + i + r), tile_.head(r0 + i + r), kt, tk);
+        transform_.template panel_terms<Gemm::mr>(
+            s + i * tk, h, kt, tk, [&](Index r) { return tile_.position(r0 + i + r); },
+            [&](Index r) { return tile_.head(r0 + i + r); });
       });
     // The mask and the online-softmax step.
     Gemm::for_each_panel(rows, [&](Index i, Index h) {

@@ -16,6 +16,7 @@
 
 #include <cmath>
 
+#include "attend/detail/assert.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/shapes.hpp"
 
@@ -56,13 +57,32 @@ class ScoreTransform {
         for (Index j = 0; j < tk; ++j) s[j * key_stride] += static_cast<C>(b[j]);
       }
     }
-    if (alibi_ && alibi_[head] != C(0)) {
-      const C slope = alibi_[head];
-      // The key at distance 0, relative to kt, in double: D may be any Index (Mask::with_diagonal()), where the sum in
-      // Index would overflow. Below 2^53 the distances are the exact integers they were.
-      const double diagonal_key = double(position) + double(alibi_diagonal_) - double(kt);
-      for (Index j = 0; j < tk; ++j)
-        s[j * key_stride] -= slope * C(std::abs(diagonal_key - double(j)));  // -m_h |i + D - j|
+    alibi_terms(s, key_stride, position, head, kt, tk);
+  }
+
+  /// add_terms() on a column-major panel of h rows by tk keys (s[j * h + r]): row r is query position
+  /// position_of(r) of query head head_of(r). ALiBi runs across the panel's rows, which are contiguous in this
+  /// layout, so each key's column is one short vector operation instead of h strided scalar ones. Panels have at
+  /// most kMaxRows rows.
+  template <int kMaxRows, class PositionOf, class HeadOf>
+  void panel_terms(C* s, Index h, Index kt, Index tk, PositionOf&& position_of, HeadOf&& head_of) const {
+    if (bias_)
+      for (Index r = 0; r < h; ++r) {
+        const T* b = bias_->row(position_of(r)).data() + kt;
+        for (Index j = 0; j < tk; ++j) s[j * h + r] += static_cast<C>(b[j]);
+      }
+    if (!alibi_) return;
+    ATTEND_DASSERT(h <= kMaxRows, "a panel holds at most kMaxRows rows");
+    C slope[kMaxRows], key0[kMaxRows];
+    for (Index r = 0; r < h; ++r) {
+      slope[r] = alibi_[head_of(r)];
+      key0[r] = diagonal_key(position_of(r), kt);
+    }
+    // A zero slope subtracts 0 * distance = 0: the scores keep their values, as add_terms() skipping that row.
+    for (Index j = 0; j < tk; ++j) {
+      C* column = s + j * h;
+      const C cj = C(j);
+      for (Index r = 0; r < h; ++r) column[r] -= slope[r] * std::abs(key0[r] - cj);  // -m_h |i + D - j|
     }
   }
 
@@ -77,6 +97,19 @@ class ScoreTransform {
   }
 
  private:
+  // The key at distance 0 from query `position`, relative to kt: i + D - kt, summed in double because D may be any
+  // Index (Mask::with_diagonal()), where the sum in Index could overflow. Below 2^digits of C (2^24 in float) it and
+  // every distance |i + D - kt - j| are integers C holds exactly; beyond, rounding it to C errs by half an ulp of
+  // the penalty, the size of the rounding s - m |i + D - j| already has at that magnitude.
+  C diagonal_key(Index position, Index kt) const { return C(double(position) + double(alibi_diagonal_) - double(kt)); }
+
+  // s_j -= slope_head |position + D - (kt + j)| for j < tk, s_j at s[j * key_stride]: in C, so the loop vectorizes.
+  void alibi_terms(C* s, Index key_stride, Index position, Index head, Index kt, Index tk) const {
+    if (!alibi_ || alibi_[head] == C(0)) return;
+    const C slope = alibi_[head], key0 = diagonal_key(position, kt);
+    for (Index j = 0; j < tk; ++j) s[j * key_stride] -= slope * std::abs(key0 - C(j));  // -m_h |i + D - j|
+  }
+
   C softcap_;
   const ConstRowsRef<T>* bias_;
   const C* alibi_;
