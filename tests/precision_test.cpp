@@ -232,6 +232,17 @@ TYPED_TEST(Precision, HiddenNonFiniteValuesNeverReachAnOutputOnEveryPath) {
     o.mask = Mask::causal();
     const Matrix<T> out = attend::scaled_dot_product_attention(q, k, v, o);
     EXPECT_TRUE(out.topRows(298).template cast<float>().allFinite()) << attend::detail::path_name(path);
+    // Decoding 4 positions (the rows mainloop, its narrow products skipping zero weights key by key): rows 0 and
+    // 1 see neither key, and equal the reference, dv = 64 being two whole 32-value chunks of bfloat16 pairs.
+    const Matrix<T> q4 = random16<T>(4, 64, rng);
+    const Matrix<T> decoded = attend::scaled_dot_product_attention(q4, k, v, o);
+    const auto want = attend::reference::scaled_dot_product_attention(q4, k, v, o);
+    EXPECT_TRUE(decoded.topRows(2).template cast<float>().allFinite()) << attend::detail::path_name(path);
+    EXPECT_LE(nmse(decoded.topRows(2), want.topRows(2)), 1e-4) << attend::detail::path_name(path);
+    // Float queries over the same 16-bit keys and values.
+    const Matrix<float> q4f = q4.template cast<float>();
+    const Matrix<float> mixed = attend::scaled_dot_product_attention(q4f, k, v, o);
+    EXPECT_LE(nmse(mixed.topRows(2), want.topRows(2)), 1e-4) << attend::detail::path_name(path);
   }
 }
 

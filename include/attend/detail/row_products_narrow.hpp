@@ -52,8 +52,22 @@ inline bool narrow_products_available() {
 template <class S>
 struct Rows16 {
   static constexpr int kVectors = 1;  ///< vectors of 16 values one load() gives
+  /// Whether whole chunks of 32 values load as their even and odd elements (see load_pairs() and split_pairs()).
+  static constexpr bool kSplitsPairs = std::is_same_v<S, Eigen::bfloat16>;
   const S* p;
   Index ld;
+
+  /// bfloat16 only: the 32 values of row r from column x (all inside the row) as two float vectors, the even
+  /// elements x, x + 2, ... and the odd ones x + 1, x + 3, ... A 32-bit lane holds an even value in its low half
+  /// and the next odd one in its high half, and a bfloat16 is the high half of a float: the even one is the lane
+  /// shifted left by 16, the odd one the lane with its low half cleared. One load and two single-cycle integer
+  /// operations for 32 values, instead of two loads and two widening shuffles (which compete with the FMAs for
+  /// the shuffle port) and two shifts.
+  ATTEND_TARGET_AVX512 void load_pairs(Index r, Index x, __m512* out) const {
+    const __m512i lanes = _mm512_loadu_si512(p + r * ld + x);
+    out[0] = _mm512_castsi512_ps(_mm512_slli_epi32(lanes, 16));
+    out[1] = _mm512_castsi512_ps(_mm512_and_si512(lanes, _mm512_set1_epi32(int(0xffff0000u))));
+  }
 
   ATTEND_TARGET_AVX512 void load(Index r, Index x, const __mmask16* m, __m512* out) const { out[0] = load(r, x, m[0]); }
   /// 16 values of row r from column x widened to float; only the lanes of m are read (the others are 0).
@@ -74,6 +88,7 @@ struct Rows16 {
 template <class Scale>
 struct RowsQ8 {
   static constexpr int kVectors = 2;  ///< a block of 32 values: two vectors under one scale
+  static constexpr bool kSplitsPairs = false;
   const std::int8_t* q;
   Index ldq;
   const Scale* s;
@@ -96,11 +111,31 @@ struct RowsQ8 {
   RowsQ8 from(Index r) const { return {q + r * ldq, ldq, s + r * lds, lds}; }
 };
 
-#endif
+/// The pair-split layout of a float row of n values for a source that splits pairs (Rows16<bfloat16>): every whole
+/// chunk of 32 values [x, x + 32) holds its 16 even elements, then its 16 odd ones; a last partial chunk keeps its
+/// order. The products read queries and accumulate outputs in this layout so that they meet the values as
+/// load_pairs() gives them; split_pairs() makes it in place, join_pairs() undoes it.
+ATTEND_TARGET_AVX512 inline void split_pairs(float* row, Index n) {
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  for (Index x = 0; x + 32 <= n; x += 32) {
+    const __m512 a = _mm512_loadu_ps(row + x), b = _mm512_loadu_ps(row + x + 16);
+    _mm512_storeu_ps(row + x, _mm512_permutex2var_ps(a, even, b));
+    _mm512_storeu_ps(row + x + 16, _mm512_permutex2var_ps(a, odd, b));
+  }
+}
+ATTEND_TARGET_AVX512 inline void join_pairs(float* row, Index n) {
+  const __m512i low = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i high = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  for (Index x = 0; x + 32 <= n; x += 32) {
+    const __m512 e = _mm512_loadu_ps(row + x), o = _mm512_loadu_ps(row + x + 16);
+    _mm512_storeu_ps(row + x, _mm512_permutex2var_ps(e, low, o));
+    _mm512_storeu_ps(row + x + 16, _mm512_permutex2var_ps(e, high, o));
+  }
+}
 
-#if defined(ATTEND_X86_DISPATCH)
-
-/// The products over a Source (Rows16 or RowsQ8) of narrow keys or values.
+/// The products over a Source (Rows16 or RowsQ8) of narrow keys or values. For a Source that splits pairs, q and
+/// acc are in the pair-split layout (split_pairs()).
 template <class Source>
 struct RowProductsNarrow {
   /// s[r, j] = q[r, :] . k[j, :] for r < rows, j < keys, over `depth` values; k narrow.
@@ -169,7 +204,18 @@ struct RowProductsNarrow {
     __m512 acc[R][C];
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-    for (Index x = 0; x < depth; x += 16 * V) {
+    Index x = 0;
+    if constexpr (Source::kSplitsPairs)
+      for (; x + 32 <= depth; x += 32) {  // q's even and odd elements meet k's (pair-split layout)
+        __m512 kp[C][2];
+        for (int c = 0; c < C; ++c) k.load_pairs(c, x, kp[c]);
+        for (int r = 0; r < R; ++r)
+          for (int v = 0; v < 2; ++v) {
+            const __m512 qp = _mm512_loadu_ps(q + r * ldq + x + 16 * v);
+            for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(qp, kp[c][v], acc[r][c]);  // s += q . k
+          }
+      }
+    for (; x < depth; x += 16 * V) {
       __mmask16 m[V];
       for (int v = 0; v < V; ++v) m[v] = lanes(depth - x - 16 * v);
       __m512 kp[C][V];
@@ -199,10 +245,10 @@ struct RowProductsNarrow {
   // R rows x C vectors of columns [x0, x0 + 16 C) (C a multiple of the Source's vectors per load): the
   // accumulators stay in registers across all keys, and each key's value vectors are loaded (and widened) once for
   // the R rows.
-  template <int R, int C>
+  template <int R, int C, bool Pairs = false>
   ATTEND_TARGET_AVX512 static void accumulate_block(float* acc, Index lda, const float* p, Index ldp, const Source& v,
                                                     Index x0, Index keys, Index cols) {
-    constexpr int V = Source::kVectors;
+    constexpr int V = Pairs ? 2 : Source::kVectors;
     static_assert(C % V == 0, "whole loads of the source");
     __mmask16 m[C];
     for (int c = 0; c < C; ++c) m[c] = lanes(cols - 16 * c);
@@ -211,7 +257,12 @@ struct RowProductsNarrow {
       for (int c = 0; c < C; ++c) a[r][c] = _mm512_maskz_loadu_ps(m[c], acc + r * lda + 16 * c);
     for (Index j = 0; j < keys; ++j) {
       __m512 vp[C];
-      for (int c = 0; c < C; c += V) v.load(j, x0 + 16 * c, m + c, vp + c);
+      for (int c = 0; c < C; c += V) {
+        if constexpr (Pairs)
+          v.load_pairs(j, x0 + 16 * c, vp + c);  // whole chunks of 32 columns, pair-split as acc is
+        else
+          v.load(j, x0 + 16 * c, m + c, vp + c);
+      }
       for (int r = 0; r < R; ++r) {
         const __m512 w = _mm512_set1_ps(p[r * ldp + j]);
         for (int c = 0; c < C; ++c) a[r][c] = _mm512_fmadd_ps(w, vp[c], a[r][c]);  // acc += p v
@@ -225,8 +276,11 @@ struct RowProductsNarrow {
   ATTEND_TARGET_AVX512 static void accumulate_rows(float* acc, Index lda, const float* p, Index ldp, const Source& v,
                                                    Index keys, Index cols) {
     constexpr int V = Source::kVectors;
+    constexpr bool pairs = Source::kSplitsPairs;
     Index x = 0;
-    for (; x + 64 <= cols; x += 64) accumulate_block<R, 4>(acc + x, lda, p, ldp, v, x, keys, 64);
+    for (; x + 64 <= cols; x += 64) accumulate_block<R, 4, pairs>(acc + x, lda, p, ldp, v, x, keys, 64);
+    if constexpr (pairs)
+      for (; x + 32 <= cols; x += 32) accumulate_block<R, 2, true>(acc + x, lda, p, ldp, v, x, keys, 32);
     for (; x < cols; x += 16 * V) accumulate_block<R, V>(acc + x, lda, p, ldp, v, x, keys, cols - x);
   }
 };

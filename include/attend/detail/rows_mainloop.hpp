@@ -66,6 +66,9 @@ class RowsTile {
     ATTEND_DASSERT((std::is_same_v<C, S> || ws.k_rows.rows() == ws.scores.cols()),
                    "a workspace for narrow keys holds a converted key tile");
     tile_.load_queries(ws.q);
+    if constexpr (is_16bit<S> || is_q8<S>) narrow_ = narrow_products_available();
+    if (splits_pairs())
+      for (Index r = 0; r < rows; ++r) pairs(ws.q.row(r).data(), ws.q.cols(), true);  // see split_pairs()
     ws.max.head(rows).setConstant(-std::numeric_limits<C>::infinity());
     ws.sum.head(rows).setZero();
     ws.acc.topRows(rows).setZero();
@@ -102,12 +105,30 @@ class RowsTile {
       if (l[r] == C(0))
         ws_.acc.row(r).setZero();  // saw no key: zeros, as the contract says, whatever V held
       else
-        ws_.acc.row(r) /= l[r];  // O = acc / l
+        ws_.acc.row(r) /= l[r];                                                 // O = acc / l
+      if (splits_pairs()) pairs(ws_.acc.row(r).data(), ws_.acc.cols(), false);  // back to the columns' order
       l[r] = online_softmax::log_sum_exp(ws_.max[r], l[r]);
     }
   }
 
  private:
+  // Whether the narrow products read the key and value rows in place (else tiles are converted to C).
+  bool narrow() const { return narrow_; }
+  // Whether they pair-split 32-value chunks (bfloat16 storage): then the tile's queries and accumulator rows are
+  // kept in the pair-split layout from the constructor to finish() (split_pairs() in row_products_narrow.hpp).
+  bool splits_pairs() const {
+#if defined(ATTEND_X86_DISPATCH)
+    if constexpr (std::is_same_v<S, Eigen::bfloat16>) return narrow_;
+#endif
+    return false;
+  }
+  // split_pairs() (split) or join_pairs() on a float row of n values.
+  static void pairs([[maybe_unused]] C* row, [[maybe_unused]] Index n, [[maybe_unused]] bool split) {
+#if defined(ATTEND_X86_DISPATCH)
+    if constexpr (std::is_same_v<C, float>) split ? split_pairs(row, n) : join_pairs(row, n);
+#endif
+  }
+
   // begin(kt, tk), scores() on consecutive key ranges covering the tile, softmax(), then accumulate() on
   // consecutive ranges covering it again.
   void begin(Index kt, Index tk) {
@@ -126,7 +147,7 @@ class RowsTile {
       C* s = &ws_.scores(0, a - kt_);
 #if defined(ATTEND_X86_DISPATCH)
       if constexpr (is_16bit<S> || is_q8<S>)
-        if (narrow_products_available()) {
+        if (narrow()) {
           using Products = RowProductsNarrow<decltype(narrow_rows(kv_.keys(a, b), 0))>;
           // The tile's next key rows, as far as they lie in the run that follows.
           const Index ahead = b < kt_ + tk_ ? std::min({b - a, kt_ + tk_ - b, kv_.run_end(b) - b}) : 0;
@@ -178,17 +199,26 @@ class RowsTile {
     if constexpr (!is_q8<S>)  // q8 values are finite: no weight is ever skipped for them
       if (skip_zero_weights_) {
         const C* p = &ws_.scores(0, j0 - kt_);
-        for (Index r = 0; r < rows; ++r)
-          for (Index j = 0; j < j1 - j0; ++j)
-            if (p[r * ldp + j] != C(0))
-              acc.row(r) += p[r * ldp + j] * kv_.values(j0 + j, j0 + j + 1).template cast<C>();
+        for (Index j = 0; j < j1 - j0; ++j) {
+          const auto value = kv_.values(j0 + j, j0 + j + 1);
+          if (splits_pairs()) {  // the value row converted into the tile's scratch rows, in acc's layout
+            auto row = ws_.v_rows.row(j0 + j - kt_);
+            row = value.template cast<C>();
+            pairs(row.data(), dv, true);
+            for (Index r = 0; r < rows; ++r)
+              if (p[r * ldp + j] != C(0)) acc.row(r) += p[r * ldp + j] * row;
+          } else {
+            for (Index r = 0; r < rows; ++r)
+              if (p[r * ldp + j] != C(0)) acc.row(r) += p[r * ldp + j] * value.template cast<C>();
+          }
+        }
         return;
       }
     kv_.for_each_run(j0, j1, [&](Index a, Index b) {
       const C* p = &ws_.scores(0, a - kt_);
 #if defined(ATTEND_X86_DISPATCH)
       if constexpr (is_16bit<S> || is_q8<S>)
-        if (narrow_products_available()) {
+        if (narrow()) {
           using Products = RowProductsNarrow<decltype(narrow_rows(kv_.values(a, b), 0))>;
           const Index ahead = b < kt_ + tk_ ? std::min({b - a, kt_ + tk_ - b, kv_.run_end(b) - b}) : 0;
           if (ahead > 0) Products::prefetch(narrow_rows(kv_.values(b, b + ahead), 0), ahead, kv_.value_cols());
@@ -211,6 +241,7 @@ class RowsTile {
   typename QueryTile<T, S>::Part part_{false, 0, 0};
   Index kt_ = 0, tk_ = 0;
   bool skip_zero_weights_ = false;
+  bool narrow_ = false;  // narrow_products_available(), read once per tile so its layout cannot change midway
 };
 
 }  // namespace attend::detail
