@@ -14,6 +14,7 @@
 /// to a multiple of 32, value columns to 16 and keys to 32, which changes no product. Half (fp16) storage is
 /// rounded to bfloat16 here (its 10-bit mantissa to 7 bits); bfloat16 is copied.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <new>
@@ -87,39 +88,61 @@ struct VnniKeys {
     k.assign(static_cast<std::size_t>(keys_pad * d_pad), 0);
     v.assign(static_cast<std::size_t>(keys_pad * dv_pad), 0);
     finite_v.assign(static_cast<std::size_t>(keys_pad / 32), 1);
-    // Rows as bfloat16 bits, padded with zeros: one key row (d_pad), two value rows (a pair) at a time.
-    std::vector<std::uint16_t> key_row(static_cast<std::size_t>(d_pad), 0),
-        pair(static_cast<std::size_t>(2 * dv_pad), 0);
+    // Rows as bfloat16 bits, padded with zeros, a block at a time: 16 key rows, or 32 value rows (16 pairs).
+    std::vector<std::uint16_t> block(static_cast<std::size_t>(32 * std::max(d_pad, dv_pad)), 0);
     const auto bits_of = [](const S* src, Index n, std::uint16_t* dst) {
       if constexpr (std::is_same_v<S, Eigen::bfloat16>)
         std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(std::uint16_t));
       else
         for (Index i = 0; i < n; ++i) dst[i] = bf16_bits(src[i]);
     };
-    for (Index j = 0; j < keys; ++j) {
-      // Key j is column j % 16 of key block j / 16: its dim pair p of dim block b is the 32-bit word (p, j % 16).
-      bits_of(kv.key_row(j), d, key_row.data());
-      std::uint16_t* block = k.data() + j / 16 * (d_pad / 32) * kTile + j % 16 * 2;
-      for (Index b = 0; b < d_pad / 32; ++b)
-        for (Index p = 0; p < 16; ++p) std::memcpy(block + b * kTile + p * 32, &key_row[b * 32 + 2 * p], 4);
-    }
-    for (Index j = 0; j < keys; j += 2) {
-      // Keys j, j + 1 are pair row (j % 32) / 2 of key block j / 32: column c of it holds (V[j][c], V[j + 1][c]).
-      bits_of(kv.value_row(j), dv, pair.data());
-      if (j + 1 < keys)
-        bits_of(kv.value_row(j + 1), dv, pair.data() + dv_pad);
-      else
-        std::fill_n(pair.data() + dv_pad, dv_pad, std::uint16_t(0));
-      std::uint16_t* row = v.data() + j / 32 * (dv_pad / 16) * kTile + (j % 32) / 2 * 32;
-      bool finite = true;
-      for (Index c = 0; c < dv; ++c) {
-        const std::uint16_t a = pair[c], b = pair[dv_pad + c];
-        finite = finite && (a & 0x7f80) != 0x7f80 && (b & 0x7f80) != 0x7f80;  // exponent all ones: inf or NaN
-        std::uint16_t* dst = row + c / 16 * kTile + c % 16 * 2;
-        dst[0] = a;
-        dst[1] = b;
+    // One kv group's row is a few hundred bytes at a stride of every group's row, too far apart for the hardware
+    // prefetcher to follow: each block asks for the next block's rows before reordering its own.
+    const auto prefetch = [&](const auto& row_of, Index j0, Index j1, Index n) {
+#if defined(__GNUC__)
+      for (Index j = j0; j < std::min(j1, keys); ++j)
+        for (Index x = 0; x < n; x += 64 / Index(sizeof(S))) __builtin_prefetch(row_of(j) + x);
+#else
+      (void)row_of, (void)j0, (void)j1, (void)n;
+#endif
+    };
+    const auto key_row = [&](Index j) { return kv.key_row(j); };
+    const auto value_row = [&](Index j) { return kv.value_row(j); };
+
+    for (Index j0 = 0; j0 < keys; j0 += 16) {
+      prefetch(key_row, j0 + 16, j0 + 32, d);
+      const Index n = std::min<Index>(16, keys - j0);
+      for (Index jj = 0; jj < n; ++jj) bits_of(kv.key_row(j0 + jj), d, block.data() + jj * d_pad);
+      std::fill(block.begin() + n * d_pad, block.begin() + 16 * d_pad, std::uint16_t(0));
+      // Key j0 + jj is column jj of the block's tiles: dim pair p of dim block b is the 32-bit word (p, jj).
+      for (Index b = 0; b < d_pad / 32; ++b) {
+        std::uint16_t* tile = k.data() + (j0 / 16 * (d_pad / 32) + b) * kTile;
+        for (Index p = 0; p < 16; ++p)
+          for (Index jj = 0; jj < 16; ++jj) std::memcpy(tile + p * 32 + jj * 2, &block[jj * d_pad + b * 32 + 2 * p], 4);
       }
-      if (!finite) finite_v[static_cast<std::size_t>(j / 32)] = 0;
+    }
+    for (Index j0 = 0; j0 < keys; j0 += 32) {
+      prefetch(value_row, j0 + 32, j0 + 64, dv);
+      const Index n = std::min<Index>(32, keys - j0);
+      for (Index jj = 0; jj < n; ++jj) bits_of(kv.value_row(j0 + jj), dv, block.data() + jj * dv_pad);
+      std::fill(block.begin() + n * dv_pad, block.begin() + 32 * dv_pad, std::uint16_t(0));
+      // Keys j0 + 2 r, j0 + 2 r + 1 are pair row r of the block's tiles: column c holds (V[j][c], V[j + 1][c]), 16
+      // columns of two rows interleaved into one 64-byte tile row (fixed-size loops the compiler vectorizes).
+      unsigned non_finite = 0;
+      for (Index r = 0; r < 16; ++r) {
+        const std::uint16_t* first = block.data() + 2 * r * dv_pad;
+        const std::uint16_t* second = first + dv_pad;
+        for (Index c0 = 0; c0 < dv_pad; c0 += 16) {
+          std::uint16_t* dst = v.data() + (j0 / 32 * (dv_pad / 16) + c0 / 16) * kTile + r * 32;
+          for (int i = 0; i < 16; ++i) {
+            dst[2 * i] = first[c0 + i];
+            dst[2 * i + 1] = second[c0 + i];
+          }
+        }
+      }
+      // An exponent of all ones is inf or NaN; the padding (zeros) is finite.
+      for (Index i = 0; i < 32 * dv_pad; ++i) non_finite |= unsigned((block[i] & 0x7f80) == 0x7f80);
+      if (non_finite) finite_v[static_cast<std::size_t>(j0 / 32)] = 0;
     }
     group = g;
   }
