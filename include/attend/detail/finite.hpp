@@ -4,18 +4,39 @@
 /// would poison a row (0 * inf = NaN), and only tiles where some keys are hidden from some rows can pair the two,
 /// so the mainloops check those tiles' values (one pass over a value tile) and then skip zero weights.
 
+#include <cstdint>
+#include <cstring>
+
 #include "attend/shapes.hpp"
 
 namespace attend::detail {
 
 /// Whether every entry is finite, row by row with vectorized sums (x * 0 is 0 for finite x, NaN otherwise):
 /// Eigen's allFinite() is a scalar loop in column order, slow on the strided rows of a key tile.
+/// For 16-bit storage (rows of a row-major map or block), a test of the exponent bits instead (all ones: inf or
+/// NaN): 16-bit arithmetic would convert every value to float and back.
 template <class Derived>
 bool all_finite(const Eigen::MatrixBase<Derived>& m) {
   using T = typename Derived::Scalar;
-  for (Index r = 0; r < m.rows(); ++r)
-    if (!((m.row(r).array() * T(0)).sum() == T(0))) return false;
-  return true;
+  if constexpr (is_16bit<T>) {
+    constexpr std::uint16_t exponent = std::is_same_v<T, Eigen::bfloat16> ? 0x7f80 : 0x7c00;
+    const auto& rows = m.derived();
+    for (Index r = 0; r < rows.rows(); ++r) {
+      const T* row = rows.data() + r * rows.outerStride();
+      unsigned non_finite = 0;
+      for (Index c = 0; c < rows.cols(); ++c) {
+        std::uint16_t bits;
+        std::memcpy(&bits, row + c, sizeof bits);
+        non_finite |= unsigned((bits & exponent) == exponent);
+      }
+      if (non_finite) return false;
+    }
+    return true;
+  } else {
+    for (Index r = 0; r < m.rows(); ++r)
+      if (!((m.row(r).array() * T(0)).sum() == T(0))) return false;
+    return true;
+  }
 }
 
 /// Whether values [j0, j1) of a kv group's stored keys and values (detail::GroupKeys) are all finite.

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "attend/detail/assert.hpp"
+#include "attend/detail/convert16.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/detail/q8_rows.hpp"
 #include "attend/shapes.hpp"
@@ -143,7 +144,12 @@ std::vector<GroupKeys<S>> group_keys(const Problem<T, S>& pb) {
 /// Rows [j0, j1) of stored rows converted into `scratch` at row scratch_row (a copy even when they are of C).
 template <class C, class Rows>
 void copy_rows(const Rows& rows, Index j0, Index j1, Matrix<C>& scratch, Index scratch_row) {
-  scratch.block(scratch_row, 0, j1 - j0, rows.cols()) = rows.middleRows(j0, j1 - j0).template cast<C>();
+  if constexpr (std::is_same_v<C, float> && is_16bit<typename Rows::Scalar>) {
+    for (Index j = j0; j < j1; ++j)  // convert16.hpp: vectorized, where Eigen's cast is not
+      widen(rows.data() + j * rows.outerStride(), scratch.row(scratch_row + j - j0).data(), rows.cols());
+  } else {
+    scratch.block(scratch_row, 0, j1 - j0, rows.cols()) = rows.middleRows(j0, j1 - j0).template cast<C>();
+  }
 }
 template <class C, class Scale>
 void copy_rows(const Q8Rows<Scale>& rows, Index j0, Index j1, Matrix<C>& scratch, Index scratch_row) {

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "attend/detail/assert.hpp"
+#include "attend/detail/convert16.hpp"
 #include "attend/detail/online_softmax.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/masks.hpp"
@@ -55,9 +56,16 @@ class QueryTile {
     const Index stack = pb_.stack, p1 = p0_ + rows_ / stack;
     auto q = dst.topRows(rows_);
     for (Index p = p0_; p < p1; ++p)
-      for (Index h = 0; h < stack; ++h)
-        q.row((p - p0_) * stack + h) =
-            pb_.q.block(p, (g_ * stack + h) * pb_.d, 1, pb_.d).template cast<C>() * pb_.scale;
+      for (Index h = 0; h < stack; ++h) {
+        auto row = q.row((p - p0_) * stack + h);
+        const T* src = pb_.q.row(p).data() + (g_ * stack + h) * pb_.d;
+        if constexpr (is_16bit<T> && std::is_same_v<C, float>) {
+          widen(src, row.data(), pb_.d);  // convert16.hpp: vectorized, where Eigen's cast is not
+          row *= pb_.scale;
+        } else {
+          row = Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(src, pb_.d).template cast<C>() * pb_.scale;
+        }
+      }
   }
 
   /// The rows of the tile that see some of keys [kt, kt + tk): [r0, r1), and whether the mask cuts the key tile.
@@ -101,7 +109,10 @@ void store_row(const Problem<T, S>& pb, Index p, Index h, const Row& row, accumu
                Lse* lse) {
   auto dst = out.block(p, h * pb.dv, 1, pb.dv);
   if (pb.sinks.empty()) {
-    dst = row.template cast<T>();
+    if constexpr (is_16bit<T> && std::is_same_v<accumulator_t<T>, float>)
+      narrow(row.data(), dst.data(), pb.dv);  // convert16.hpp: vectorized, where Eigen's cast is not
+    else
+      dst = row.template cast<T>();
   } else {
     const auto sunk = online_softmax::sink_row(row_lse, pb.sinks[h]);
     dst = (row * sunk.factor).template cast<T>();
