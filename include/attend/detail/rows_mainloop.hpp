@@ -34,21 +34,30 @@ namespace attend::detail {
 /// compute type C; sized once per thread, reused for every tile.
 template <class C>
 struct RowsWorkspace {
-  Matrix<C> q;               ///< [rows, d]: the tile's stacked, scaled queries
-  Matrix<C> scores;          ///< [rows, keys]: S, then P in place
-  Matrix<C> acc;             ///< [rows, dv]: the unnormalized output rows, then the normalized ones
-  Vector<C> max;             ///< running row maximum m
-  Vector<C> sum;             ///< running row sum l, then the log-sum-exp
-  Matrix<C> k_rows, v_rows;  ///< [keys, d], [keys, dv]: a key tile converted from 16-bit storage (else empty)
+  Matrix<C> q;       ///< [rows, d]: the tile's stacked, scaled queries
+  Matrix<C> scores;  ///< [rows, keys]: S, then P in place
+  Matrix<C> acc;     ///< [rows, dv]: the unnormalized output rows, then the normalized ones
+  Vector<C> max;     ///< running row maximum m
+  Vector<C> sum;     ///< running row sum l, then the log-sum-exp
 
+  /// `converts`: the keys and values are stored narrower than C (16 or 8 bits).
   RowsWorkspace(Index rows, Index keys, Index d, Index dv, bool converts = false)
-      : q(rows, d),
-        scores(rows, keys),
-        acc(rows, dv),
-        max(rows),
-        sum(rows),
-        k_rows(converts ? keys : 0, d),
-        v_rows(converts ? keys : 0, dv) {}
+      : q(rows, d), scores(rows, keys), acc(rows, dv), max(rows), sum(rows), converts_(converts) {}
+
+  /// [keys, d], [keys, dv]: a key tile converted from narrow storage into C, made the first time a tile needs one
+  /// (empty when the keys are of C, read in place). The narrow products read 16-bit and 8-bit rows in place and
+  /// never need one, and a decode call makes its workspaces anew: made eagerly, they were fresh pages (zeroed by
+  /// the kernel) on every call.
+  Matrix<C>& converted_keys() { return sized(k_rows_, q.cols()); }
+  Matrix<C>& converted_values() { return sized(v_rows_, acc.cols()); }
+
+ private:
+  Matrix<C>& sized(Matrix<C>& m, Index cols) {
+    if (converts_ && (m.rows() != scores.cols() || m.cols() != cols)) m.resize(scores.cols(), cols);
+    return m;
+  }
+  bool converts_;
+  Matrix<C> k_rows_, v_rows_;
 };
 
 /// One query tile through the rows mainloop: the constructor, absorb() key tiles in increasing order, finish().
@@ -63,8 +72,6 @@ class RowsTile {
       : tile_(pb, g, p0, p1), kv_(kv), ws_(ws), transform_(pb) {
     const Index rows = tile_.rows();
     ATTEND_DASSERT(rows <= ws.q.rows(), "the tile's rows fit the rows workspace");
-    ATTEND_DASSERT((std::is_same_v<C, S> || ws.k_rows.rows() == ws.scores.cols()),
-                   "a workspace for narrow keys holds a converted key tile");
     tile_.load_queries(ws.q);
     if constexpr (is_16bit<S> || is_q8<S>) narrow_ = narrow_products_available();
     if (splits_pairs())
@@ -158,7 +165,7 @@ class RowsTile {
         }
 #endif
       Index ldk;
-      const C* k = rows_of(kv_.keys(a, b), 0, b - a, ws_.k_rows, a - kt_, ldk);
+      const C* k = rows_of(kv_.keys(a, b), 0, b - a, ws_.converted_keys(), a - kt_, ldk);
       RowProducts<C>::scores(s, ws_.scores.outerStride(), q.data(), q.outerStride(), rows, k, ldk, b - a,
                              tile_.problem().d);
     });
@@ -202,7 +209,7 @@ class RowsTile {
         for (Index j = 0; j < j1 - j0; ++j) {
           const auto value = kv_.values(j0 + j, j0 + j + 1);
           if (splits_pairs()) {  // the value row converted into the tile's scratch rows, in acc's layout
-            auto row = ws_.v_rows.row(j0 + j - kt_);
+            auto row = ws_.converted_values().row(j0 + j - kt_);
             row = value.template cast<C>();
             pairs(row.data(), dv, true);
             for (Index r = 0; r < rows; ++r)
@@ -228,7 +235,7 @@ class RowsTile {
         }
 #endif
       Index ldv;
-      const C* v = rows_of(kv_.values(a, b), 0, b - a, ws_.v_rows, a - kt_, ldv);
+      const C* v = rows_of(kv_.values(a, b), 0, b - a, ws_.converted_values(), a - kt_, ldv);
       RowProducts<C>::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, v, ldv, b - a, dv);
     });
   }
