@@ -65,9 +65,10 @@ struct functor_traits<attend::detail::online_softmax::DropNegligible<T>> {
 
 namespace attend::detail::online_softmax {
 
-/// p = exp(x), with negligible weights 0 (see negligible_weight()): the softmax's exponential, as one expression.
+/// p = exp(x), with negligible weights 0 (see negligible_weight()): the softmax's exponential, as one expression
+/// (inlined: it only builds the expression, and is called once per panel column).
 template <class X>
-auto weights(const X& x) {
+EIGEN_ALWAYS_INLINE auto weights(const X& x) {
   using T = typename X::Scalar;
   return x.exp().unaryExpr(DropNegligible<T>());
 }
