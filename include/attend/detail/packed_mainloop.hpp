@@ -105,6 +105,8 @@ struct PackedWorkspace {
   Vector<C> k_tile, v_tile;  ///< one key tile packed, when groups are not packed whole (lazily)
   Matrix<C> convert;         ///< key rows converted from 16-bit storage or gathered across runs (lazily)
   std::vector<Index> visible_lo, visible_hi;  ///< per tile row: the keys of a cut tile it sees
+  Vector<C> alibi_slope;                      ///< per tile row: ALiBi's slope (ScoreTransform::alibi_rows)
+  std::vector<double> alibi_diagonal;         ///< per tile row: its position + D
   Index panel_keys;                           ///< the most keys a tile holds: `keys` rounded up to whole panels
 
   PackedWorkspace(Index rows, Index keys, Index d, Index dv)
@@ -117,6 +119,8 @@ struct PackedWorkspace {
         acc_cols(padded_column(rows), dv),
         visible_lo(static_cast<std::size_t>(rows)),
         visible_hi(static_cast<std::size_t>(rows)),
+        alibi_slope(rows),
+        alibi_diagonal(static_cast<std::size_t>(rows)),
         panel_keys((keys + PackedGemm<C>::nr - 1) / PackedGemm<C>::nr * PackedGemm<C>::nr) {
     panels.resize(rows * panel_keys);
   }
@@ -151,6 +155,10 @@ class PackedTile {
     ws.sum.head(rows).setZero();
     ws.acc_cols.topRows(rows).setZero();
     Gemm::pack_lhs_rows(ws.q_packed.data(), ws.q.data(), ws.q.outerStride(), rows, pb.d);
+    if (transform_.has_alibi())
+      transform_.alibi_rows(
+          rows, [&](Index r) { return tile_.position(r); }, [&](Index r) { return tile_.head(r); },
+          ws.alibi_slope.data(), ws.alibi_diagonal.data());
   }
 
   const QueryTile<T, S>& tile() const { return tile_; }
@@ -246,9 +254,10 @@ class PackedTile {
     transform_.cap(Eigen::Map<Eigen::Array<C, Eigen::Dynamic, 1>>(s, rows * tk));
     if (transform_.has_terms())
       Gemm::for_each_panel(rows, [&](Index i, Index h) {
+        const Index row = r0 + i;
         transform_.template panel_terms<Gemm::mr>(
-            s + i * tk, h, kt, tk, [&](Index r) { return tile_.position(r0 + i + r); },
-            [&](Index r) { return tile_.head(r0 + i + r); });
+            s + i * tk, h, kt, tk, [&](Index r) { return tile_.position(row + r); }, ws_.alibi_slope.data() + row,
+            ws_.alibi_diagonal.data() + row);
       });
     // The mask and the online-softmax step.
     Gemm::for_each_panel(rows, [&](Index i, Index h) {

@@ -60,12 +60,28 @@ class ScoreTransform {
     alibi_terms(s, key_stride, position, head, kt, tk);
   }
 
-  /// add_terms() on a column-major panel of h rows by tk keys (s[j * h + r]): row r is query position
-  /// position_of(r) of query head head_of(r). ALiBi runs across the panel's rows, which are contiguous in this
-  /// layout, so each key's column is one short vector operation instead of h strided scalar ones. Panels have at
-  /// most kMaxRows rows.
-  template <int kMaxRows, class PositionOf, class HeadOf>
-  void panel_terms(C* s, Index h, Index kt, Index tk, PositionOf&& position_of, HeadOf&& head_of) const {
+  /// Whether ALiBi is on.
+  bool has_alibi() const { return alibi_ != nullptr; }
+
+  /// ALiBi's per-row constants of a tile, computed once per query tile: slope[r] = m of row r's head and
+  /// diagonal[r] = position + D (in double: see diagonal_key()), row r being query position position_of(r) of query
+  /// head head_of(r). (Per key tile the rows' positions and heads would be recomputed, divisions included, for
+  /// every panel.)
+  template <class PositionOf, class HeadOf>
+  void alibi_rows(Index rows, PositionOf&& position_of, HeadOf&& head_of, C* slope, double* diagonal) const {
+    for (Index r = 0; r < rows; ++r) {
+      slope[r] = alibi_[head_of(r)];
+      diagonal[r] = double(position_of(r)) + double(alibi_diagonal_);
+    }
+  }
+
+  /// add_terms() on a column-major panel of h rows by tk keys (s[j * h + r]) of keys [kt, kt + tk): the bias of
+  /// row r at query position position_of(r), then ALiBi with the rows' constants from alibi_rows(). ALiBi runs
+  /// across the panel's rows, which are contiguous in this layout: each key's column is one short vector
+  /// operation. Panels have at most kMaxRows rows.
+  template <int kMaxRows, class PositionOf>
+  void panel_terms(C* s, Index h, Index kt, Index tk, PositionOf&& position_of, const C* slope,
+                   const double* diagonal) const {
     if (bias_)
       for (Index r = 0; r < h; ++r) {
         const T* b = bias_->row(position_of(r)).data() + kt;
@@ -73,11 +89,8 @@ class ScoreTransform {
       }
     if (!alibi_) return;
     ATTEND_DASSERT(h <= kMaxRows, "a panel holds at most kMaxRows rows");
-    C slope[kMaxRows], key0[kMaxRows];
-    for (Index r = 0; r < h; ++r) {
-      slope[r] = alibi_[head_of(r)];
-      key0[r] = diagonal_key(position_of(r), kt);
-    }
+    C key0[kMaxRows];
+    for (Index r = 0; r < h; ++r) key0[r] = C(diagonal[r] - double(kt));  // see diagonal_key()
     // A zero slope subtracts 0 * distance = 0: the scores keep their values, as add_terms() skipping that row.
     for (Index j = 0; j < tk; ++j) {
       C* column = s + j * h;
