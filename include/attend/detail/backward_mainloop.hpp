@@ -158,8 +158,10 @@ class BackwardKeyTile {
         Eigen::Map<Eigen::Array<C, Eigen::Dynamic, 1>> col(p + at + c * h, h);
         if (transform_.has_bias())  // -inf scores (hidden by the bias) are exactly 0, never exponentiated
           col = (col == -std::numeric_limits<C>::infinity()).select(C(0), online_softmax::weights(col - lse[c]));
-        else
+        else if (transform_.has_terms())  // see online_softmax::ScoreKind
           col = online_softmax::weights(col - lse[c]);
+        else
+          col = (col - lse[c]).exp();
       }
     });
     if (cut) hide(lo, hi, c0, n);

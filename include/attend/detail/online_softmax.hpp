@@ -15,8 +15,8 @@
 ///   computing exp(-inf - -inf) = NaN.
 /// - On a row's first visible block alpha = std::exp(-inf) = 0 exactly (std::exp, not Eigen's), and l and acc are 0.
 /// - A row with l = 0 at the end saw no key: its output is zero (whatever the values held) and its lse is -inf.
-/// - Weights below negligible_weight() (2^-102 of the row's largest in float) are 0: no subnormal numbers enter
-///   the products (see negligible_weight()).
+/// - With additive terms (ALiBi, a bias), weights below negligible_weight() (2^-102 of the row's largest in
+///   float) are 0: no subnormal numbers enter the products (see negligible_weight() and ScoreKind).
 ///
 /// Two forms of the step: row_step() on one row of a row-major block (the rows mainloop), panel_step() on a
 /// column-major panel of rows, vectorized across the panel's rows so there is no per-row reduction (the packed
@@ -73,25 +73,36 @@ EIGEN_ALWAYS_INLINE auto weights(const X& x) {
   return x.exp().unaryExpr(DropNegligible<T>());
 }
 
+/// What a block's scores may hold besides the products (ScoreTransform says): -inf (a bias hiding keys) and
+/// additive terms (ALiBi, a bias), which put scores far below their row's maximum as a rule. Only then are
+/// negligible weights dropped (weights()): without terms the weights are Eigen's exp as they always were, so calls
+/// without modifiers give the same bits as before, at the cost of neither the compare nor the mask.
+struct ScoreKind {
+  bool may_hold_neg_inf = false;
+  bool has_terms = false;
+};
+
 /// exp(seen - shift) in place (`shift` a scalar or an array like `seen`), with entries equal to -inf mapped to
-/// exactly 0 when `may_hold_neg_inf` (a bias may hide keys). Eigen 3.4 evaluates select() one scalar at a time,
-/// so it is used only then.
+/// exactly 0 when they may hold it (a bias may hide keys). Eigen 3.4 evaluates select() one scalar at a time, so
+/// it is used only then.
 template <class Seen, class Shift>
-void exp_shifted(Seen&& seen, const Shift& shift, bool may_hold_neg_inf) {
+void exp_shifted(Seen&& seen, const Shift& shift, ScoreKind kind) {
   using T = typename std::decay_t<Seen>::Scalar;
-  if (may_hold_neg_inf)
+  if (kind.may_hold_neg_inf)
     seen = (seen == -std::numeric_limits<T>::infinity()).select(T(0), weights(seen - shift));
-  else
+  else if (kind.has_terms)
     seen = weights(seen - shift);
+  else
+    seen = (seen - shift).exp();
 }
 
 /// The step on one row: `seen` (an array expression) holds the row's visible scores of the block and becomes
 /// their weights p_j. Calls rescale(alpha) when the maximum moved, for the caller's accumulator.
 template <class T, class Seen, class Rescale>
-void row_step(T& m, T& l, Seen&& seen, bool may_hold_neg_inf, Rescale&& rescale) {
+void row_step(T& m, T& l, Seen&& seen, ScoreKind kind, Rescale&& rescale) {
   const T m_new = std::max(m, seen.maxCoeff());                                 // m' = max(m, max_j s_j)
   const T shift = m_new == -std::numeric_limits<T>::infinity() ? T(0) : m_new;  // see the -inf rules
-  exp_shifted(seen, shift, may_hold_neg_inf);                                   // p_j = exp(s_j - m')
+  exp_shifted(seen, shift, kind);                                               // p_j = exp(s_j - m')
   if (m_new != m) {
     const T alpha = std::exp(m - shift);  // alpha = exp(m - m'): std::exp, exactly 0 on a row's first block
     l *= alpha;
@@ -107,7 +118,7 @@ void row_step(T& m, T& l, Seen&& seen, bool may_hold_neg_inf, Rescale&& rescale)
 /// column, and only that run is read; the rest of the column is set to 0. Calls rescale(alpha) with the h
 /// factors when some row's maximum moved and some row held something. Panels have at most kMaxRows rows.
 template <int kMaxRows, class T, class Rescale>
-void panel_step(T* s, Index h, Index tk, T* m_data, T* l_data, const Index* lo, const Index* hi, bool may_hold_neg_inf,
+void panel_step(T* s, Index h, Index tk, T* m_data, T* l_data, const Index* lo, const Index* hi, ScoreKind kind,
                 Rescale&& rescale) {
   ATTEND_DASSERT(h <= kMaxRows, "a panel holds at most kMaxRows rows");
   // Panel columns live on the stack. A fixed size would be unrolled whole, and GCC 12 then reports a false
@@ -144,13 +155,16 @@ void panel_step(T* s, Index h, Index tk, T* m_data, T* l_data, const Index* lo, 
   const Col shift = (m_new == neg_inf).select(Col::Zero(h), m_new);  // see the -inf rules
   const Col alpha = (m - shift).exp();  // 0 * (~1e-38) when the row has seen nothing yet: l and acc are 0
   Col total = Col::Zero(h);
-  const Index batched_exp = may_hold_neg_inf ? 0 : batched;
+  const Index batched_exp = kind.may_hold_neg_inf ? 0 : batched;
   if (batched_exp > 0) {
     Batch shifts(kBatch * h), sums = Batch::Zero(kBatch * h);
     for (Index c = 0; c < kBatch; ++c) shifts.segment(c * h, h) = shift;
     for (Index j = 0; j < batched_exp; j += kBatch) {
       auto cols = flat.segment(j * h, kBatch * h);
-      cols = weights(cols - shifts);  // p_j = exp(s_j - m')
+      if (kind.has_terms)
+        cols = weights(cols - shifts);  // p_j = exp(s_j - m')
+      else
+        cols = (cols - shifts).exp();
       sums += cols;
     }
     for (Index c = 0; c < kBatch; ++c) total += sums.segment(c * h, h);
@@ -162,7 +176,7 @@ void panel_step(T* s, Index h, Index tk, T* m_data, T* l_data, const Index* lo, 
     c.head(ra).setZero();
     c.tail(h - rb).setZero();
     auto seen = c.segment(ra, rb - ra);
-    exp_shifted(seen, shift.segment(ra, rb - ra), may_hold_neg_inf);  // p_j = exp(s_j - m')
+    exp_shifted(seen, shift.segment(ra, rb - ra), kind);  // p_j = exp(s_j - m')
     total.segment(ra, rb - ra) += seen;
   }
   // The accumulator needs rescaling only if it holds something (some row had a maximum) and some maximum moved.

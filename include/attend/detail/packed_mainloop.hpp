@@ -263,7 +263,7 @@ class PackedTile {
     Gemm::for_each_panel(rows, [&](Index i, Index h) {
       const Index row = r0 + i;
       online_softmax::panel_step<Gemm::mr>(s + i * tk, h, tk, ws_.max.data() + row, ws_.sum.data() + row,
-                                           lo ? lo + i : nullptr, lo ? hi + i : nullptr, transform_.has_bias(),
+                                           lo ? lo + i : nullptr, lo ? hi + i : nullptr, transform_.score_kind(),
                                            [&](const auto& alpha) {  // acc' = alpha acc
                                              for (Index c = 0; c < dv; ++c)
                                                ws_.acc_cols.col(c).segment(row, h).array() *= alpha;

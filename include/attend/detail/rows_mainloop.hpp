@@ -190,7 +190,7 @@ class RowsTile {
       s.row(r).head(lo).setZero();  // hidden: 0, never exponentiated (see online_softmax.hpp)
       s.row(r).tail(tk - hi).setZero();
       if (lo == hi) continue;  // nothing visible here: m, l and acc stay as they are
-      online_softmax::row_step(m[r], l[r], s.row(r).segment(lo, hi - lo).array(), transform_.has_bias(),
+      online_softmax::row_step(m[r], l[r], s.row(r).segment(lo, hi - lo).array(), transform_.score_kind(),
                                [&](C alpha) { acc.row(r) *= alpha; });  // acc' = alpha acc
     }
     // Zero weights times non-finite values would poison the row: see finite.hpp.

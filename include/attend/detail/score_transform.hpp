@@ -17,6 +17,7 @@
 #include <cmath>
 
 #include "attend/detail/assert.hpp"
+#include "attend/detail/online_softmax.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/shapes.hpp"
 
@@ -37,6 +38,8 @@ class ScoreTransform {
   bool has_bias() const { return bias_ != nullptr; }
   /// Whether add_terms() adds anything.
   bool has_terms() const { return bias_ || alibi_; }
+  /// What the transformed scores may hold, for the online softmax.
+  online_softmax::ScoreKind score_kind() const { return {has_bias(), has_terms()}; }
 
   /// s = softcap * tanh(s / softcap) on every entry of the array expression `s` (a block, a map of panels).
   template <class Block>
