@@ -59,6 +59,13 @@ struct BackwardGemm : PackedGemm<T> {
   /// The right operand (depth = rows of M, one column per column of M) of a matrix M packed as a left operand of
   /// `rows` x `cols` (panels of rows, see PackedGemm::for_each_panel()). In four-column panels each depth row holds
   /// four consecutive values: one 4 x 4 register transpose per four rows of a panel moves them.
+  // GCC 12, inlining this into the backward mainloop, reports that an iteration near 2^62 of the remainder loop
+  // over a panel's rows would overflow (-Waggressive-loop-optimizations): a panel has at most PackedGemm::mr rows,
+  // so no such iteration exists; the warning is silenced for this function only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Waggressive-loop-optimizations"
+#endif
   static void lhs_to_rhs(T* dst, const T* lhs, Index rows, Index cols) {
     using P4 = typename Eigen::internal::find_best_packet<T, 4>::type;
     constexpr bool transposes = Eigen::internal::unpacket_traits<P4>::size == 4;
@@ -84,6 +91,9 @@ struct BackwardGemm : PackedGemm<T> {
         for (Index r = 0; r < h; ++r) dst[c * rows + i + r] = panel[c * h + r];
     });
   }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
   /// The height of the panel of a packed left operand of `rows` rows that starts at row `start` (a panel start).
   static Index panel_height(Index rows, Index start) {
