@@ -1,9 +1,11 @@
 // 8-bit keys and values: the quantizer on hand-computed blocks, the contract's two NMSE bounds, every mask and
 // schedule, rows with no key, decode through an 8-bit cache equal to a causal forward over the same quantized
-// keys and values, thread-count independence, and the errors.
+// keys and values, thread-count independence, and the errors; and the decode loop's integer scores
+// (detail::RowProductsQ8) against double products at the edges of its 16-key blocks.
 #include <gtest/gtest.h>
 
 #include <attend/attend.hpp>
+#include <attend/detail/row_products_q8.hpp>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -269,7 +271,14 @@ TEST(Q8Caches, DecodingEqualsACausalForwardOverTheSameQuantizedCache) {
   const Matrix<float> q = mha.q_proj(x);
   const Matrix<float> want =
       mha.o_proj(attend::multi_head_attention(q, cache.keys_dequantized(), cache.values_dequantized(), Heads{8, 2}, o));
-  EXPECT_LE(attend_test::max_abs_diff(y, want), 1e-5 * (1 + want.cwiseAbs().maxCoeff()));
+  // The chunks of 30 and 29 tokens read the same values in float as the forward does.
+  const double tolerance = 1e-5 * (1 + want.cwiseAbs().maxCoeff());
+  EXPECT_LE(attend_test::max_abs_diff(y.topRows(30), want.topRows(30)), tolerance);
+  EXPECT_LE(attend_test::max_abs_diff(y.bottomRows(29), want.bottomRows(29)), tolerance);
+  // The one-token step (the decode loop) writes q in two 8-bit digits for integer products with the keys
+  // (row_products_q8.hpp): about 2^-15 of each block's largest value, far inside the contract's 1e-4.
+  std::printf("decode step vs the forward: NMSE %.3g\n", nmse(y.row(30), want.row(30)));
+  EXPECT_LE(nmse(y.row(30), want.row(30)), 1e-7);
   // And against the float cache: the contract's bound.
   attend::KVCache<float> float_cache;
   const Matrix<float> y_float = mha.forward(x, float_cache, o);
@@ -321,6 +330,109 @@ TEST(Q8Caches, ErrorsLeaveTheCacheUnchanged) {
   attend_test::expect_error([&] { narrow.forward(random_matrix<float>(1, 64, rng), cache); },
                             {"attend::MultiHeadAttention::forward: ", "key_width is 16, expected a multiple of 32"});
   EXPECT_EQ(cache.size(), 5);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The decode loop's integer scores (row_products_q8.hpp).
+
+// The two digits hold each query value to within scale / 256 (scale = max |x| / 127 of its block), in range, with
+// the offsets that pay back the keys' sign flip; a block that is not finite is refused.
+TEST(Q8Queries, TwoDigitsHoldEachValueToAQuarterOfAPercentOfItsBlocksStep) {
+  std::mt19937 rng(11);
+  const Index rows = 3, d = 96, ldq = 100;
+  Matrix<float> q = random_matrix<float>(rows, ldq, rng);
+  q.block(1, 32, 1, 32).setZero();  // an all-zero block
+  q(2, 70) = 1e4f;                  // a block with one large value
+  attend::detail::Q8Queries digits;
+  ASSERT_TRUE(digits.quantize(q.data(), ldq, rows, d));
+  for (Index r = 0; r < rows; ++r)
+    for (Index b = 0; b < d / 32; ++b) {
+      const double step = q.row(r).segment(b * 32, 32).cwiseAbs().maxCoeff() / 127.0;
+      EXPECT_FLOAT_EQ(digits.scale(r, b), float(step / 128));
+      std::int32_t hi_sum = 0, lo_sum = 0;
+      for (Index i = b * 32; i < b * 32 + 32; ++i) {
+        const int hi = digits.hi(r)[i], lo = digits.lo(r)[i];
+        ASSERT_LE(std::abs(hi), 127);
+        ASSERT_LE(std::abs(lo), 64);
+        EXPECT_NEAR(double(digits.scale(r, b)) * (128 * hi + lo), q(r, i), step / 256 * 1.001 + 1e-30) << r << " " << i;
+        hi_sum += hi;
+        lo_sum += lo;
+      }
+      EXPECT_EQ(digits.hi_offset(r, b), -128 * hi_sum);
+      EXPECT_EQ(digits.lo_offset(r, b), -128 * lo_sum);
+    }
+  q(1, 5) = std::numeric_limits<float>::infinity();
+  EXPECT_FALSE(digits.quantize(q.data(), ldq, rows, d));
+  q(1, 5) = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_FALSE(digits.quantize(q.data(), ldq, rows, d));
+}
+
+#if defined(ATTEND_X86_DISPATCH)
+// Scores of every row count around the 16-key lane blocks and depths of 1 to 5 blocks, on keys with a row stride
+// wider than their width: equal to the double products of the same digits and keys up to float's rounding of the
+// per-block terms. Half scales are widened to float first, as the rows mainloop does.
+TEST(Q8Scores, IntegerScoresEqualDoubleProductsOfTheSameDigitsAndKeys) {
+  if (!attend::detail::cpu().avx512vnni) GTEST_SKIP() << "no AVX512-VNNI on this CPU";
+  std::mt19937 rng(12);
+  for (Index depth : {32, 64, 96, 128, 160})
+    for (Index keys : {1, 2, 15, 16, 17, 31, 33, 50})
+      for (Index rows : {1, 3, 4, 5})
+        for (bool half : {false, true}) {
+          const Q8Matrix k = attend::quantize_q8(random_matrix<float>(keys, depth + 64, rng));  // stride > depth
+          const Matrix<float> q = random_matrix<float>(rows, depth, rng);
+          attend::detail::Q8Queries digits;
+          ASSERT_TRUE(digits.quantize(q.data(), depth, rows, depth));
+          const Index blocks = k.blocks();
+          std::vector<float> scales(k.scales(), k.scales() + keys * blocks), widened(std::size_t(keys * (depth / 32)));
+          attend::detail::RowsQ8<float> source(k.data(), k.cols(), k.scales(), blocks);
+          if (half) {  // the scales rounded to half, widened as an 8-bit cache's are
+            std::vector<Eigen::half> stored(scales.size());
+            for (std::size_t i = 0; i < scales.size(); ++i) stored[i] = Eigen::half(scales[i]);
+            for (std::size_t i = 0; i < scales.size(); ++i) scales[i] = float(stored[i]);
+            attend::detail::widen_scales(attend::detail::RowsQ8<Eigen::half>(k.data(), k.cols(), stored.data(), blocks),
+                                         keys, depth / 32, widened.data());
+            source = attend::detail::RowsQ8<float>(k.data(), k.cols(), widened.data(), depth / 32);
+          }
+          Matrix<float> s = Matrix<float>::Constant(rows, keys + 3, 1000);
+          attend::detail::RowProductsQ8::scores(s.data(), s.outerStride(), digits, 0, rows, source, keys, depth);
+          for (Index r = 0; r < rows; ++r)
+            for (Index j = 0; j < keys; ++j) {
+              double want = 0, magnitude = 0;
+              for (Index b = 0; b < depth / 32; ++b) {
+                double dot = 0;
+                for (Index i = b * 32; i < b * 32 + 32; ++i)
+                  dot += double(128 * digits.hi(r)[i] + digits.lo(r)[i]) * k.q(j, i);
+                const double term = double(digits.scale(r, b)) * double(scales[std::size_t(j * blocks + b)]) * dot;
+                want += term;
+                magnitude += std::abs(term);
+              }
+              ASSERT_NEAR(s(r, j), want, 1e-6 * magnitude + 1e-30)
+                  << "depth " << depth << " keys " << keys << " rows " << rows << " half " << half << " at " << r
+                  << ", " << j;
+            }
+          for (Index r = 0; r < rows; ++r)  // nothing written past the keys
+            for (Index j = keys; j < keys + 3; ++j) ASSERT_EQ(s(r, j), 1000);
+        }
+}
+#endif
+
+// A query that is not finite takes the float products (its kv group's tile): the 8-bit decode gives what the float
+// call on the dequantized keys gives, NaN where it has NaN.
+TEST(Q8Kernels, ANonFiniteQueryDecodesAsTheFloatCallDoes) {
+  std::mt19937 rng(13);
+  Matrix<float> q = random_matrix<float>(1, 8 * 64, rng);
+  const Q8Matrix k = attend::quantize_q8(random_matrix<float>(300, 2 * 64, rng));
+  const Q8Matrix v = attend::quantize_q8(random_matrix<float>(300, 2 * 64, rng));
+  q(0, 70) = std::numeric_limits<float>::infinity();  // query head 1, kv group 0
+  const Matrix<float> got = attend::multi_head_attention(q, k, v, Heads{8, 2});
+  const Matrix<float> want = attend::multi_head_attention(q, attend::dequantize(k), attend::dequantize(v), Heads{8, 2});
+  for (Index i = 0; i < got.cols(); ++i) {
+    ASSERT_EQ(std::isnan(got(0, i)), std::isnan(want(0, i))) << i;
+    // Group 0's heads (columns 0 .. 255) took the float products; group 1's the integer ones.
+    if (!std::isnan(want(0, i))) {
+      ASSERT_NEAR(got(0, i), want(0, i), i < 4 * 64 ? 1e-5 : 3e-4) << i;
+    }
+  }
 }
 
 }  // namespace

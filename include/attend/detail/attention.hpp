@@ -23,6 +23,7 @@
 ///   tile16_products.hpp  its tile products and vnni_pack.hpp, the pair layout AMX and vdpbf16ps read
 ///   row_products.hpp, packed_gemm.hpp   the products of the float mainloops
 ///   row_products_narrow.hpp             the same register-blocked products on 16-bit and q8 rows (decode)
+///   row_products_q8.hpp                 q8 scores as integer dot products (AVX512-VNNI), queries in 8-bit digits
 ///   q8_rows.hpp          q8 rows (int8 blocks of 32 with a scale) as a key storage, read in place
 ///   cpu.hpp              which instructions this CPU and process may use (AVX-512, BF16, AMX tile state)
 ///   threads.hpp, finite.hpp, assert.hpp, checks.hpp   OpenMP use, the 0 * inf guard, invariants, argument checks

@@ -42,6 +42,7 @@ inline const char* path_name(Bf16Path p) {
 struct CpuFeatures {
   bool avx512 = false;      ///< AVX-512 F, BW, VL, DQ with the OS saving the zmm and mask state
   bool avx512bf16 = false;  ///< and vdpbf16ps, vcvtne2ps2bf16
+  bool avx512vnni = false;  ///< and vpdpbusd (8-bit integer dot products)
   bool amx = false;         ///< AMX-TILE and AMX-BF16 with the OS supporting the tile state (permission aside)
 };
 
@@ -61,10 +62,12 @@ inline CpuFeatures probe_cpu() {
   __cpuid_count(7, 0, a, b, c, d);
   const bool f512 = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
   const bool amx_bf16 = (d >> 22) & 1, amx_tile = (d >> 24) & 1;
+  const bool vnni = (c >> 11) & 1;
   __cpuid_count(7, 1, a, b, c, d);
   const bool bf16 = (a >> 5) & 1;
   f.avx512 = os_avx512 && f512 && dq && bw && vl;
   f.avx512bf16 = f.avx512 && bf16;
+  f.avx512vnni = f.avx512 && vnni;
   f.amx = f.avx512bf16 && os_amx && amx_tile && amx_bf16;
   return f;
 }

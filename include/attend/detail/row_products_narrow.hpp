@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "attend/detail/assert.hpp"
 #include "attend/detail/cpu.hpp"
 #include "attend/detail/q8_rows.hpp"
 #include "attend/shapes.hpp"
@@ -94,12 +95,17 @@ struct RowsQ8 {
   const Scale* s;
   Index lds;
 
-  /// The block of row r from column x (a multiple of 32) widened and scaled: 2 vectors, one scale load.
-  ATTEND_TARGET_AVX512 void load(Index r, Index x, const __mmask16* m, __m512* out) const {
-    const __m256i bytes = _mm256_maskz_loadu_epi8(__mmask32(m[0]) | (__mmask32(m[1]) << 16), q + r * ldq + x);
+  /// The block of row r from column x (a multiple of 32) widened and scaled: 2 vectors, one scale load. q8 rows
+  /// hold whole blocks, so every lane is read (m is all ones) and each half is sign-extended straight from memory,
+  /// with no shuffle to split a wider load.
+  ATTEND_TARGET_AVX512 void load(Index r, Index x, [[maybe_unused]] const __mmask16* m, __m512* out) const {
+    ATTEND_DASSERT(m[0] == 0xffff && m[1] == 0xffff, "q8 rows are read in whole blocks");
+    const std::int8_t* p = q + r * ldq + x;
     const __m512 scale = _mm512_set1_ps(static_cast<float>(s[r * lds + x / 32]));
-    out[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(bytes))), scale);
-    out[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(bytes, 1))), scale);
+    for (int h = 0; h < 2; ++h) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * h));
+      out[h] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), scale);  // value = scale * q
+    }
   }
 
   RowsQ8(const std::int8_t* q_, Index ldq_, const Scale* s_, Index lds_) : q(q_), ldq(ldq_), s(s_), lds(lds_) {}

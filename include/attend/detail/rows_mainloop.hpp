@@ -25,6 +25,7 @@
 #include "attend/detail/query_tile.hpp"
 #include "attend/detail/row_products.hpp"
 #include "attend/detail/row_products_narrow.hpp"
+#include "attend/detail/row_products_q8.hpp"
 #include "attend/detail/score_transform.hpp"
 #include "attend/shapes.hpp"
 
@@ -39,6 +40,7 @@ struct RowsWorkspace {
   Matrix<C> acc;     ///< [rows, dv]: the unnormalized output rows, then the normalized ones
   Vector<C> max;     ///< running row maximum m
   Vector<C> sum;     ///< running row sum l, then the log-sum-exp
+  Q8Scratch q8;      ///< q8 keys: the tile's queries in 8-bit digits and a run's widened scales
 
   /// `converts`: the keys and values are stored narrower than C (16 or 8 bits).
   RowsWorkspace(Index rows, Index keys, Index d, Index dv, bool converts = false)
@@ -74,6 +76,10 @@ class RowsTile {
     ATTEND_DASSERT(rows <= ws.q.rows(), "the tile's rows fit the rows workspace");
     tile_.load_queries(ws.q);
     if constexpr (is_16bit<S> || is_q8<S>) narrow_ = narrow_products_available();
+    if constexpr (is_q8<S> && std::is_same_v<C, float>) {
+      integer_ =
+          narrow_ && cpu().avx512vnni && ws.q8.queries.quantize(ws.q.data(), ws.q.outerStride(), rows, ws.q.cols());
+    }
     if (splits_pairs())
       for (Index r = 0; r < rows; ++r) pairs(ws.q.row(r).data(), ws.q.cols(), true);  // see split_pairs()
     ws.max.head(rows).setConstant(-std::numeric_limits<C>::infinity());
@@ -136,6 +142,23 @@ class RowsTile {
 #endif
   }
 
+#if defined(ATTEND_X86_DISPATCH)
+  // Key rows [a, b) of q8 storage with float scales, as RowProductsQ8 reads them: in place when stored so
+  // (Q8Matrix), else with the run's half scales widened into the workspace (an 8-bit cache).
+  auto q8_keys(Index a, Index b) {
+    const auto rows = narrow_rows(kv_.keys(a, b), 0);
+    if constexpr (std::is_same_v<decltype(rows), const RowsQ8<float>>) {
+      return rows;
+    } else {
+      const Index blocks = tile_.problem().d / Q8Queries::kBlock;
+      std::vector<float>& scales = ws_.q8.key_scales;
+      scales.resize(std::size_t((b - a) * blocks));
+      widen_scales(rows, b - a, blocks, scales.data());
+      return RowsQ8<float>(rows.q, rows.ldq, scales.data(), blocks);
+    }
+  }
+#endif
+
   // begin(kt, tk), scores() on consecutive key ranges covering the tile, softmax(), then accumulate() on
   // consecutive ranges covering it again.
   void begin(Index kt, Index tk) {
@@ -159,6 +182,12 @@ class RowsTile {
           // The tile's next key rows, as far as they lie in the run that follows.
           const Index ahead = b < kt_ + tk_ ? std::min({b - a, kt_ + tk_ - b, kv_.run_end(b) - b}) : 0;
           if (ahead > 0) Products::prefetch(narrow_rows(kv_.keys(b, b + ahead), 0), ahead, kv_.key_cols());
+          if constexpr (is_q8<S> && std::is_same_v<C, float>)
+            if (integer_) {
+              RowProductsQ8::scores(s, ws_.scores.outerStride(), ws_.q8.queries, r0, rows, q8_keys(a, b), b - a,
+                                    tile_.problem().d);
+              return;
+            }
           Products::scores(s, ws_.scores.outerStride(), q.data(), q.outerStride(), rows, narrow_rows(kv_.keys(a, b), 0),
                            b - a, tile_.problem().d);
           return;
@@ -248,7 +277,8 @@ class RowsTile {
   typename QueryTile<T, S>::Part part_{false, 0, 0};
   Index kt_ = 0, tk_ = 0;
   bool skip_zero_weights_ = false;
-  bool narrow_ = false;  // narrow_products_available(), read once per tile so its layout cannot change midway
+  bool narrow_ = false;   // narrow_products_available(), read once per tile so its layout cannot change midway
+  bool integer_ = false;  // q8 keys: the scores as integer products (row_products_q8.hpp), on CPUs with AVX512-VNNI
 };
 
 }  // namespace attend::detail
