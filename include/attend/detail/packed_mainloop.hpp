@@ -250,18 +250,17 @@ class PackedTile {
       std::fill_n(s + i * tk, h * tk, C(0));
       Gemm::multiply_add(s + i * tk, h, q + i * d, k, h, d, seen(i, h));
     });
-    // The score transform: softcap over the whole tile, then bias and ALiBi panel by panel.
+    // The score transform: softcap over the whole tile, then bias and ALiBi panel by panel, each panel's terms just
+    // before its softmax step, so the step reads the panel while it is still in L1 (the whole tile of scores is
+    // an L2-sized working set, and a separate pass over it for the terms is one more trip through L2).
     transform_.cap(Eigen::Map<Eigen::Array<C, Eigen::Dynamic, 1>>(s, rows * tk));
-    if (transform_.has_terms())
-      Gemm::for_each_panel(rows, [&](Index i, Index h) {
-        const Index row = r0 + i;
+    // The terms, the mask and the online-softmax step.
+    Gemm::for_each_panel(rows, [&](Index i, Index h) {
+      const Index row = r0 + i;
+      if (transform_.has_terms())
         transform_.template panel_terms<Gemm::mr>(
             s + i * tk, h, kt, tk, [&](Index r) { return tile_.position(row + r); }, ws_.alibi_slope.data() + row,
             ws_.alibi_diagonal.data() + row);
-      });
-    // The mask and the online-softmax step.
-    Gemm::for_each_panel(rows, [&](Index i, Index h) {
-      const Index row = r0 + i;
       online_softmax::panel_step<Gemm::mr>(s + i * tk, h, tk, ws_.max.data() + row, ws_.sum.data() + row,
                                            lo ? lo + i : nullptr, lo ? hi + i : nullptr, transform_.score_kind(),
                                            [&](const auto& alpha) {  // acc' = alpha acc
