@@ -27,6 +27,7 @@
 ///   q8_rows.hpp          q8 rows (int8 blocks of 32 with a scale) as a key storage, read in place
 ///   cpu.hpp              which instructions this CPU and process may use (AVX-512, BF16, AMX tile state)
 ///   threads.hpp, finite.hpp, assert.hpp, checks.hpp   OpenMP use, the 0 * inf guard, invariants, argument checks
+///   diagnostics.hpp      the compiler warnings silenced around AVX-512 intrinsics, and why
 ///
 /// Beside it: backward.hpp (FlashAttention-2 backward: backward_problem, _plan, _schedule, _mainloop, _gemm),
 /// layer_backward.hpp (the layers' gradients), row_store.hpp and cache_rows.hpp (the caches' storage), and the

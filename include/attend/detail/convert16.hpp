@@ -14,15 +14,10 @@
 #include <type_traits>
 
 #include "attend/detail/cpu.hpp"
+#include "attend/detail/diagnostics.hpp"
 #include "attend/shapes.hpp"
 
-// GCC 12's AVX-512 intrinsics start some vectors from the self-initialized `__m512 __Y = __Y`, which it reports as
-// used uninitialized once inlined here (as in row_products_narrow.hpp): a false positive.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+ATTEND_AVX512_WARNINGS_BEGIN  // GCC 12 false positives: see diagnostics.hpp
 
 namespace attend::detail {
 
@@ -104,6 +99,4 @@ void narrow(const float* src, S* dst, Index n) {
 
 }  // namespace attend::detail
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+ATTEND_AVX512_WARNINGS_END

@@ -20,6 +20,7 @@
 
 #include "attend/detail/assert.hpp"
 #include "attend/detail/cpu.hpp"
+#include "attend/detail/diagnostics.hpp"
 #include "attend/detail/q8_rows.hpp"
 #include "attend/shapes.hpp"
 
@@ -27,14 +28,7 @@
 #define ATTEND_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 #endif
 
-// GCC 12's AVX-512 intrinsics start some vectors from the self-initialized `__m512 __Y = __Y`
-// (_mm512_undefined_ps), which it reports as used uninitialized once inlined here: a false positive that -Werror
-// would make fatal for anyone compiling this header.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+ATTEND_AVX512_WARNINGS_BEGIN  // GCC 12 false positives: see diagnostics.hpp
 
 namespace attend::detail {
 
@@ -306,6 +300,4 @@ auto narrow_rows(const Q8Rows<Scale>& rows, Index j) {
 
 }  // namespace attend::detail
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+ATTEND_AVX512_WARNINGS_END

@@ -26,6 +26,7 @@
 
 #include "attend/detail/assert.hpp"
 #include "attend/detail/cpu.hpp"
+#include "attend/detail/diagnostics.hpp"
 #include "attend/detail/row_products_narrow.hpp"
 #include "attend/shapes.hpp"
 
@@ -33,12 +34,7 @@
 #define ATTEND_TARGET_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
 #endif
 
-// GCC 12's AVX-512 intrinsics: see row_products_narrow.hpp.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+ATTEND_AVX512_WARNINGS_BEGIN  // GCC 12 false positives: see diagnostics.hpp
 
 namespace attend::detail {
 
@@ -240,6 +236,4 @@ struct RowProductsQ8 {
 
 }  // namespace attend::detail
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+ATTEND_AVX512_WARNINGS_END

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "attend/detail/cpu.hpp"
+#include "attend/detail/diagnostics.hpp"
 #include "attend/detail/vnni_pack.hpp"
 #include "attend/shapes.hpp"
 
@@ -34,14 +35,7 @@
 #define ATTEND_TARGET_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 #define ATTEND_TARGET_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,amx-tile,amx-bf16")))
 
-// GCC 12's AVX-512 intrinsics start some vectors from the self-initialized `__m512 __Y = __Y`
-// (_mm512_undefined_ps), which it reports as used uninitialized once inlined here: a false positive that -Werror
-// would make fatal for anyone compiling this header.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+ATTEND_AVX512_WARNINGS_BEGIN  // GCC 12 false positives: see diagnostics.hpp
 
 namespace attend::detail {
 
@@ -266,6 +260,4 @@ struct WidenProducts {
 
 #endif  // ATTEND_X86_DISPATCH
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+ATTEND_AVX512_WARNINGS_END
