@@ -26,7 +26,6 @@
 /// weights instead (see finite.hpp).
 
 #include <algorithm>
-#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -146,8 +145,7 @@ class BackwardKeyTile {
     }
     if (transform_.has_terms())
       panels([&](Index i, Index h, Index at) {
-        for (Index c = 0; c < n; ++c)
-          transform_.add_terms(p + at + c * h, 1, position(c0 + c), head(c0 + c), kt_ + i, h);
+        for (Index c = 0; c < n; ++c) transform_.add_terms(p + at + c * h, position(c0 + c), head(c0 + c), kt_ + i, h);
       });
     // P^T = exp(S^T - lse): the forward's probabilities, sink included (the lse holds it).
     const Eigen::Map<const Eigen::Array<C, 1, Eigen::Dynamic>> lse(rows_.lse.data() + c0, n);
@@ -156,12 +154,7 @@ class BackwardKeyTile {
     panels([&](Index, Index h, Index at) {
       for (Index c = 0; c < n; ++c) {
         Eigen::Map<Eigen::Array<C, Eigen::Dynamic, 1>> col(p + at + c * h, h);
-        if (transform_.has_bias())  // -inf scores (hidden by the bias) are exactly 0, never exponentiated
-          col = (col == -std::numeric_limits<C>::infinity()).select(C(0), online_softmax::weights(col - lse[c]));
-        else if (transform_.has_terms())  // see online_softmax::ScoreKind
-          col = online_softmax::weights(col - lse[c]);
-        else
-          col = (col - lse[c]).exp();
+        online_softmax::exp_shifted(col, lse[c], transform_.score_kind());  // -inf (a bias hiding keys) exactly 0
       }
     });
     if (cut) hide(lo, hi, c0, n);

@@ -26,7 +26,7 @@ namespace attend::detail {
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) inline void widen_half_avx512(const Eigen::half* src,
                                                                                         float* dst, Index n) {
   for (Index i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __mmask16 m = first_lanes(n - i);
     _mm512_mask_storeu_ps(dst + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + i)));
   }
 }
@@ -35,7 +35,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) inline void widen_half
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) inline void narrow_half_avx512(const float* src,
                                                                                          Eigen::half* dst, Index n) {
   for (Index i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __mmask16 m = first_lanes(n - i);
     const __m256i h = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     _mm256_mask_storeu_epi16(dst + i, m, h);
   }

@@ -16,6 +16,7 @@
 /// only.
 
 #include <atomic>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 
@@ -31,6 +32,12 @@
 #endif
 
 namespace attend::detail {
+
+#if defined(ATTEND_X86_DISPATCH)
+/// The mask of the first min(n, 16) lanes of a 16-lane vector (n >= 0): the tail of a row, a block or a run of keys,
+/// for the AVX-512 loops of every path.
+inline __mmask16 first_lanes(std::ptrdiff_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
+#endif
 
 enum class Bf16Path { generic = 0, avx512bf16 = 1, amx = 2 };
 

@@ -6,10 +6,19 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "attend/shapes.hpp"
 
 namespace attend::detail {
+
+/// Whether the bits of a 16-bit value (bfloat16 or half) are inf or NaN: its exponent bits all ones. A branch-free
+/// test on the stored bits, so loops over 16-bit rows vectorize without converting to float.
+template <class T>
+constexpr bool non_finite_bits(std::uint16_t bits) {
+  constexpr std::uint16_t exponent = std::is_same_v<T, Eigen::bfloat16> ? 0x7f80 : 0x7c00;
+  return (bits & exponent) == exponent;
+}
 
 /// Whether every entry is finite, row by row with vectorized sums (x * 0 is 0 for finite x, NaN otherwise):
 /// Eigen's allFinite() is a scalar loop in column order, slow on the strided rows of a key tile.
@@ -19,7 +28,6 @@ template <class Derived>
 bool all_finite(const Eigen::MatrixBase<Derived>& m) {
   using T = typename Derived::Scalar;
   if constexpr (is_16bit<T>) {
-    constexpr std::uint16_t exponent = std::is_same_v<T, Eigen::bfloat16> ? 0x7f80 : 0x7c00;
     const auto& rows = m.derived();
     for (Index r = 0; r < rows.rows(); ++r) {
       const T* row = rows.data() + r * rows.outerStride();
@@ -27,7 +35,7 @@ bool all_finite(const Eigen::MatrixBase<Derived>& m) {
       for (Index c = 0; c < rows.cols(); ++c) {
         std::uint16_t bits;
         std::memcpy(&bits, row + c, sizeof bits);
-        non_finite |= unsigned((bits & exponent) == exponent);
+        non_finite |= unsigned(non_finite_bits<T>(bits));
       }
       if (non_finite) return false;
     }

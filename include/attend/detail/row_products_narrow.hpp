@@ -47,7 +47,7 @@ inline bool narrow_products_available() {
 template <class S>
 struct Rows16 {
   static constexpr int kVectors = 1;  ///< vectors of 16 values one load() gives
-  /// Whether whole chunks of 32 values load as their even and odd elements (see load_pairs() and split_pairs()).
+  /// Whether whole chunks of 32 values load as their even and odd elements (see load_pairs() and pairs()).
   static constexpr bool kSplitsPairs = std::is_same_v<S, Eigen::bfloat16>;
   const S* p;
   Index ld;
@@ -114,28 +114,22 @@ struct RowsQ8 {
 /// The pair-split layout of a float row of n values for a source that splits pairs (Rows16<bfloat16>): every whole
 /// chunk of 32 values [x, x + 32) holds its 16 even elements, then its 16 odd ones; a last partial chunk keeps its
 /// order. The products read queries and accumulate outputs in this layout so that they meet the values as
-/// load_pairs() gives them; split_pairs() makes it in place, join_pairs() undoes it.
-ATTEND_TARGET_AVX512 inline void split_pairs(float* row, Index n) {
-  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-  const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+/// load_pairs() gives them; pairs(row, n, true) makes it in place, pairs(row, n, false) undoes it.
+ATTEND_TARGET_AVX512 inline void pairs(float* row, Index n, bool split) {
+  // Split: the even elements of a || b, then the odd ones. Join: elements 0..15 of e and o interleaved, then 16..31.
+  const __m512i first = split ? _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0)
+                              : _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i second = split ? _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1)
+                               : _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
   for (Index x = 0; x + 32 <= n; x += 32) {
     const __m512 a = _mm512_loadu_ps(row + x), b = _mm512_loadu_ps(row + x + 16);
-    _mm512_storeu_ps(row + x, _mm512_permutex2var_ps(a, even, b));
-    _mm512_storeu_ps(row + x + 16, _mm512_permutex2var_ps(a, odd, b));
-  }
-}
-ATTEND_TARGET_AVX512 inline void join_pairs(float* row, Index n) {
-  const __m512i low = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  const __m512i high = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-  for (Index x = 0; x + 32 <= n; x += 32) {
-    const __m512 e = _mm512_loadu_ps(row + x), o = _mm512_loadu_ps(row + x + 16);
-    _mm512_storeu_ps(row + x, _mm512_permutex2var_ps(e, low, o));
-    _mm512_storeu_ps(row + x + 16, _mm512_permutex2var_ps(e, high, o));
+    _mm512_storeu_ps(row + x, _mm512_permutex2var_ps(a, first, b));
+    _mm512_storeu_ps(row + x + 16, _mm512_permutex2var_ps(a, second, b));
   }
 }
 
 /// The products over a Source (Rows16 or RowsQ8) of narrow keys or values. For a Source that splits pairs, q and
-/// acc are in the pair-split layout (split_pairs()).
+/// acc are in the pair-split layout (pairs()).
 template <class Source>
 struct RowProductsNarrow {
   /// s[r, j] = q[r, :] . k[j, :] for r < rows, j < keys, over `depth` values; k narrow.
@@ -180,10 +174,6 @@ struct RowProductsNarrow {
  private:
   static constexpr int kBlockRows = 4;
 
-  ATTEND_TARGET_AVX512 static __mmask16 lanes(Index n) {
-    return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
-  }
-
   // The four lane sums of a, b, c, d, together: halves added across the vectors first, so the whole reduction is
   // a few shuffles and adds instead of one horizontal sum each.
   ATTEND_TARGET_AVX512 static __m128 sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
@@ -217,7 +207,7 @@ struct RowProductsNarrow {
       }
     for (; x < depth; x += 16 * V) {
       __mmask16 m[V];
-      for (int v = 0; v < V; ++v) m[v] = lanes(depth - x - 16 * v);
+      for (int v = 0; v < V; ++v) m[v] = first_lanes(depth - x - 16 * v);
       __m512 kp[C][V];
       for (int c = 0; c < C; ++c) k.load(c, x, m, kp[c]);
       for (int r = 0; r < R; ++r)
@@ -251,7 +241,7 @@ struct RowProductsNarrow {
     constexpr int V = Pairs ? 2 : Source::kVectors;
     static_assert(C % V == 0, "whole loads of the source");
     __mmask16 m[C];
-    for (int c = 0; c < C; ++c) m[c] = lanes(cols - 16 * c);
+    for (int c = 0; c < C; ++c) m[c] = first_lanes(cols - 16 * c);
     __m512 a[R][C];
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) a[r][c] = _mm512_maskz_loadu_ps(m[c], acc + r * lda + 16 * c);

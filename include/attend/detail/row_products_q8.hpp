@@ -20,7 +20,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -28,6 +27,7 @@
 #include "attend/detail/cpu.hpp"
 #include "attend/detail/diagnostics.hpp"
 #include "attend/detail/row_products_narrow.hpp"
+#include "attend/quantized.hpp"
 #include "attend/shapes.hpp"
 
 #if defined(ATTEND_X86_DISPATCH)
@@ -58,22 +58,15 @@ class Q8Queries {
     for (Index r = 0; r < rows; ++r)
       for (Index b = 0; b < blocks_; ++b) {
         const float* x = q + r * ldq + b * kBlock;
-        float m = 0;
-        bool finite = true;
-        for (Index i = 0; i < kBlock; ++i) {
-          finite = finite && std::isfinite(x[i]);
-          m = std::max(m, std::abs(x[i]));
-        }
-        if (!finite) return false;
-        const float scale = m / 127;  // 0 for an all-zero block (or one too small to matter: its values become 0)
+        for (Index i = 0; i < kBlock; ++i)
+          if (!std::isfinite(x[i])) return false;
         const std::size_t at = std::size_t(r * d + b * kBlock), block = std::size_t(r * blocks_ + b);
+        // The high digit is the keys' rounding (quantize_block(): scale = max |x| / 127, 0 for an all-zero block).
+        const float scale = quantize_block(x, &hi_[at]);
         std::int32_t hi_sum = 0, lo_sum = 0;
         for (Index i = 0; i < kBlock; ++i) {
           const float v = scale > 0 ? std::clamp(x[i] / scale, -127.0f, 127.0f) : 0.0f;
-          const float hi = std::round(v);               // |hi| <= 127
-          const float lo = std::round(128 * (v - hi));  // |lo| <= 64
-          hi_[at + i] = static_cast<std::int8_t>(hi);
-          lo_[at + i] = static_cast<std::int8_t>(lo);
+          lo_[at + i] = static_cast<std::int8_t>(std::round(128 * (v - hi_[at + i])));  // |lo| <= 64
           hi_sum += hi_[at + i];
           lo_sum += lo_[at + i];
         }
@@ -105,15 +98,6 @@ struct Q8Scratch {
   std::vector<float> key_scales;
 };
 
-/// Whether this machine runs the integer scores (and the narrow products they sit beside).
-inline bool q8_integer_products_available() {
-#if defined(ATTEND_X86_DISPATCH)
-  return narrow_products_available() && cpu().avx512vnni;
-#else
-  return false;
-#endif
-}
-
 #if defined(ATTEND_X86_DISPATCH)
 
 /// `blocks` scales of each of rows [0, n) of half-scale q8 rows, widened into out (row j at out + j * blocks): the
@@ -121,7 +105,7 @@ inline bool q8_integer_products_available() {
 ATTEND_TARGET_AVX512_VNNI inline void widen_scales(const RowsQ8<Eigen::half>& rows, Index n, Index blocks, float* out) {
   for (Index j = 0; j < n; ++j)
     for (Index b = 0; b < blocks; b += 16) {
-      const __mmask16 m = blocks - b >= 16 ? __mmask16(0xffff) : __mmask16((1u << (blocks - b)) - 1);
+      const __mmask16 m = first_lanes(blocks - b);
       const __m256i bits = _mm256_maskz_loadu_epi16(m, rows.s + j * rows.lds + b);
       _mm512_mask_storeu_ps(out + j * blocks + b, m, _mm512_cvtph_ps(bits));
     }
@@ -137,7 +121,7 @@ struct RowProductsQ8 {
     ATTEND_DASSERT(depth % 32 == 0, "q8 keys hold whole blocks");
     for (Index j = 0; j < keys; j += 16) {
       const Index n = std::min<Index>(16, keys - j);
-      const __mmask16 valid = lanes(n);
+      const __mmask16 valid = first_lanes(n);
       // The lanes past the last key read key j again: their sums are never stored.
       const std::int8_t* key[16];
       for (Index i = 0; i < 16; ++i) key[i] = k.q + (j + (i < n ? i : 0)) * k.ldq;
@@ -203,16 +187,12 @@ struct RowProductsQ8 {
     return dot;
   }
 
-  ATTEND_TARGET_AVX512_VNNI static __mmask16 lanes(Index n) {
-    return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
-  }
-
   // out[c], c < 4: lane i holds the scale of block b0 + c of row j + i of `rows` (rows past the n valid ones read
   // row j again; blocks past the last are 0). The 16 rows' scales of 4 blocks are loaded as 16 short vectors and
   // transposed (12 inserts and 8 unpacks): a gather per block costs several times as much here.
   ATTEND_TARGET_AVX512_VNNI static void block_scales(const RowsQ8<float>& rows, Index j, Index n, Index blocks,
                                                      Index b0, __m512* out) {
-    const __mmask8 m = blocks - b0 >= 4 ? __mmask8(0xf) : __mmask8((1u << (blocks - b0)) - 1);
+    const __mmask8 m = __mmask8(first_lanes(std::min<Index>(blocks - b0, 4)));
     __m128 x[16];
     for (Index i = 0; i < 16; ++i) x[i] = _mm_maskz_loadu_ps(m, rows.s + (j + (i < n ? i : 0)) * rows.lds + b0);
     __m512 z[4];  // z[c]: rows c, c + 4, c + 8, c + 12 in its four 128-bit lanes

@@ -81,7 +81,7 @@ class RowsTile {
           narrow_ && cpu().avx512vnni && ws.q8.queries.quantize(ws.q.data(), ws.q.outerStride(), rows, ws.q.cols());
     }
     if (splits_pairs())
-      for (Index r = 0; r < rows; ++r) pairs(ws.q.row(r).data(), ws.q.cols(), true);  // see split_pairs()
+      for (Index r = 0; r < rows; ++r) permute_pairs(ws.q.row(r).data(), ws.q.cols(), true);  // see detail::pairs()
     ws.max.head(rows).setConstant(-std::numeric_limits<C>::infinity());
     ws.sum.head(rows).setZero();
     ws.acc.topRows(rows).setZero();
@@ -118,8 +118,8 @@ class RowsTile {
       if (l[r] == C(0))
         ws_.acc.row(r).setZero();  // saw no key: zeros, as the contract says, whatever V held
       else
-        ws_.acc.row(r) /= l[r];                                                 // O = acc / l
-      if (splits_pairs()) pairs(ws_.acc.row(r).data(), ws_.acc.cols(), false);  // back to the columns' order
+        ws_.acc.row(r) /= l[r];                                                         // O = acc / l
+      if (splits_pairs()) permute_pairs(ws_.acc.row(r).data(), ws_.acc.cols(), false);  // back to the columns' order
       l[r] = online_softmax::log_sum_exp(ws_.max[r], l[r]);
     }
   }
@@ -128,17 +128,17 @@ class RowsTile {
   // Whether the narrow products read the key and value rows in place (else tiles are converted to C).
   bool narrow() const { return narrow_; }
   // Whether they pair-split 32-value chunks (bfloat16 storage): then the tile's queries and accumulator rows are
-  // kept in the pair-split layout from the constructor to finish() (split_pairs() in row_products_narrow.hpp).
+  // kept in the pair-split layout from the constructor to finish() (detail::pairs() in row_products_narrow.hpp).
   bool splits_pairs() const {
 #if defined(ATTEND_X86_DISPATCH)
     if constexpr (std::is_same_v<S, Eigen::bfloat16>) return narrow_;
 #endif
     return false;
   }
-  // split_pairs() (split) or join_pairs() on a float row of n values.
-  static void pairs([[maybe_unused]] C* row, [[maybe_unused]] Index n, [[maybe_unused]] bool split) {
+  // detail::pairs() on a float row of n values: into the pair-split layout (split) or back.
+  static void permute_pairs([[maybe_unused]] C* row, [[maybe_unused]] Index n, [[maybe_unused]] bool split) {
 #if defined(ATTEND_X86_DISPATCH)
-    if constexpr (std::is_same_v<C, float>) split ? split_pairs(row, n) : join_pairs(row, n);
+    if constexpr (std::is_same_v<C, float>) detail::pairs(row, n, split);
 #endif
   }
 
@@ -237,15 +237,17 @@ class RowsTile {
         const C* p = &ws_.scores(0, j0 - kt_);
         for (Index j = 0; j < j1 - j0; ++j) {
           const auto value = kv_.values(j0 + j, j0 + j + 1);
+          const auto weigh = [&](const auto& row) {  // acc_r += p_rj v_j where p_rj != 0
+            for (Index r = 0; r < rows; ++r)
+              if (p[r * ldp + j] != C(0)) acc.row(r) += p[r * ldp + j] * row;
+          };
           if (splits_pairs()) {  // the value row converted into the tile's scratch rows, in acc's layout
             auto row = ws_.converted_values().row(j0 + j - kt_);
             row = value.template cast<C>();
-            pairs(row.data(), dv, true);
-            for (Index r = 0; r < rows; ++r)
-              if (p[r * ldp + j] != C(0)) acc.row(r) += p[r * ldp + j] * row;
+            permute_pairs(row.data(), dv, true);
+            weigh(row);
           } else {
-            for (Index r = 0; r < rows; ++r)
-              if (p[r * ldp + j] != C(0)) acc.row(r) += p[r * ldp + j] * value.template cast<C>();
+            weigh(value.template cast<C>());
           }
         }
         return;

@@ -48,19 +48,13 @@ class ScoreTransform {
   }
 
   /// The additive terms of query `position`, query head `head`, keys [kt, kt + tk): s_j += bias(position, kt + j),
-  /// then s_j -= slope_head * |position + D - (kt + j)|, where s_j is s[j * key_stride] (1 in a row-major block,
-  /// the panel height in a column-major panel).
-  void add_terms(C* s, Index key_stride, Index position, Index head, Index kt, Index tk) const {
-    if (bias_) {
-      const T* b = bias_->row(position).data() + kt;
-      if (key_stride == 1) {
-        Eigen::Map<Eigen::Array<C, Eigen::Dynamic, 1>>(s, tk) +=
-            Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(b, tk).template cast<C>();
-      } else {
-        for (Index j = 0; j < tk; ++j) s[j * key_stride] += static_cast<C>(b[j]);
-      }
-    }
-    alibi_terms(s, key_stride, position, head, kt, tk);
+  /// then s_j -= slope_head * |position + D - (kt + j)|, on tk contiguous scores s[0, tk) (a row of a row-major
+  /// block; column-major panels take panel_terms()).
+  void add_terms(C* s, Index position, Index head, Index kt, Index tk) const {
+    if (bias_)
+      Eigen::Map<Eigen::Array<C, Eigen::Dynamic, 1>>(s, tk) +=
+          Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(bias_->row(position).data() + kt, tk).template cast<C>();
+    alibi_terms(s, position, head, kt, tk);
   }
 
   /// Whether ALiBi is on.
@@ -109,7 +103,7 @@ class ScoreTransform {
   void rows(Block&& s, Index kt, PositionOf&& position_of, HeadOf&& head_of) const {
     if (softcap_ > 0) cap(s.array());
     if (has_terms() && s.cols() > 0)
-      for (Index r = 0; r < s.rows(); ++r) add_terms(&s(r, 0), 1, position_of(r), head_of(r), kt, s.cols());
+      for (Index r = 0; r < s.rows(); ++r) add_terms(&s(r, 0), position_of(r), head_of(r), kt, s.cols());
   }
 
  private:
@@ -119,11 +113,11 @@ class ScoreTransform {
   // the penalty, the size of the rounding s - m |i + D - j| already has at that magnitude.
   C diagonal_key(Index position, Index kt) const { return C(double(position) + double(alibi_diagonal_) - double(kt)); }
 
-  // s_j -= slope_head |position + D - (kt + j)| for j < tk, s_j at s[j * key_stride]: in C, so the loop vectorizes.
-  void alibi_terms(C* s, Index key_stride, Index position, Index head, Index kt, Index tk) const {
+  // s_j -= slope_head |position + D - (kt + j)| for j < tk: in C, so the loop vectorizes.
+  void alibi_terms(C* s, Index position, Index head, Index kt, Index tk) const {
     if (!alibi_ || alibi_[head] == C(0)) return;
     const C slope = alibi_[head], key0 = diagonal_key(position, kt);
-    for (Index j = 0; j < tk; ++j) s[j * key_stride] -= slope * std::abs(key0 - C(j));  // -m_h |i + D - j|
+    for (Index j = 0; j < tk; ++j) s[j] -= slope * std::abs(key0 - C(j));  // -m_h |i + D - j|
   }
 
   C softcap_;

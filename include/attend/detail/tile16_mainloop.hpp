@@ -250,7 +250,7 @@ class Tile16 {
         auto row = Eigen::Map<Eigen::Array<float, 1, Eigen::Dynamic>>(s, tk);
         row *= scale;
         transform_.cap(row);
-        transform_.add_terms(s, 1, tile_.position(r), tile_.head(r), kt, tk);
+        transform_.add_terms(s, tile_.position(r), tile_.head(r), kt, tk);
         row_scale = 1;
       }
       const float alpha = transform_.has_bias()

@@ -20,6 +20,7 @@
 #include <new>
 #include <vector>
 
+#include "attend/detail/finite.hpp"
 #include "attend/detail/group_keys.hpp"
 #include "attend/detail/problem.hpp"
 #include "attend/shapes.hpp"
@@ -140,8 +141,8 @@ struct VnniKeys {
           }
         }
       }
-      // An exponent of all ones is inf or NaN; the padding (zeros) is finite.
-      for (Index i = 0; i < 32 * dv_pad; ++i) non_finite |= unsigned((block[i] & 0x7f80) == 0x7f80);
+      // The padding (zeros) is finite.
+      for (Index i = 0; i < 32 * dv_pad; ++i) non_finite |= unsigned(non_finite_bits<Eigen::bfloat16>(block[i]));
       if (non_finite) finite_v[static_cast<std::size_t>(j0 / 32)] = 0;
     }
     group = g;
