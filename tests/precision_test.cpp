@@ -188,6 +188,16 @@ TYPED_TEST(Precision, FloatQueriesOver16BitKeysAndValuesRoundOnlyTheCache) {
       // Nothing but k and v is rounded: float accuracy, far inside the contract's 1e-4.
       ASSERT_LE(attend_test::max_abs_diff(got, want), 1e-5) << key << " " << lq << "x" << lk;
     }
+    // Head dims that end in a partial vector (72 = 4 x 16 + 8, 40 = 2 x 16 + 8): the narrow products' masked tails.
+    for (Index lq : {1, 3}) {
+      Options o;
+      o.mask = Mask::causal();
+      const Matrix<float> q = attend_test::random_matrix<float>(lq, 4 * 72, rng);
+      const Matrix<S> k = random16<S>(600, 2 * 72, rng), v = random16<S>(600, 2 * 40, rng);
+      const Matrix<float> got = attend::multi_head_attention(q, k, v, Heads{4, 2}, o);
+      const Matrix<double> want = attend::reference::multi_head_attention(q, k, v, Heads{4, 2}, o);
+      ASSERT_LE(attend_test::max_abs_diff(got, want), 1e-5) << key << " d 72, dv 40, Lq " << lq;
+    }
   }
 }
 
