@@ -86,7 +86,7 @@ struct ScoreKind {
 /// exactly 0 when they may hold it (a bias may hide keys). Eigen 3.4 evaluates select() one scalar at a time, so
 /// it is used only then.
 template <class Seen, class Shift>
-void exp_shifted(Seen&& seen, const Shift& shift, ScoreKind kind) {
+EIGEN_ALWAYS_INLINE void exp_shifted(Seen&& seen, const Shift& shift, ScoreKind kind) {
   using T = typename std::decay_t<Seen>::Scalar;
   if (kind.may_hold_neg_inf)
     seen = (seen == -std::numeric_limits<T>::infinity()).select(T(0), weights(seen - shift));
@@ -97,9 +97,11 @@ void exp_shifted(Seen&& seen, const Shift& shift, ScoreKind kind) {
 }
 
 /// The step on one row: `seen` (an array expression) holds the row's visible scores of the block and becomes
-/// their weights p_j. Calls rescale(alpha) when the maximum moved, for the caller's accumulator.
+/// their weights p_j. Calls rescale(alpha) when the maximum moved, for the caller's accumulator. Forced inline (as
+/// exp_shifted()): the rows mainloop runs it per row on 64 scores at a time, and as a call it showed in a float
+/// decode's time (docs/kernel-notes.md, "Decode").
 template <class T, class Seen, class Rescale>
-void row_step(T& m, T& l, Seen&& seen, ScoreKind kind, Rescale&& rescale) {
+EIGEN_ALWAYS_INLINE void row_step(T& m, T& l, Seen&& seen, ScoreKind kind, Rescale&& rescale) {
   const T m_new = std::max(m, seen.maxCoeff());                                 // m' = max(m, max_j s_j)
   const T shift = m_new == -std::numeric_limits<T>::infinity() ? T(0) : m_new;  // see the -inf rules
   exp_shifted(seen, shift, kind);                                               // p_j = exp(s_j - m')

@@ -31,7 +31,10 @@
 
 namespace attend::detail {
 
-/// Products of a few rows for scalar type T; every matrix is row-major with the given row stride.
+/// Products of a few rows for scalar type T; every matrix is row-major with the given row stride. Every function is
+/// forced inline: a decode step calls them on 16 key rows of one kv group at a time, and inlined into the rows
+/// mainloop the loads of one call overlap the next call's misses (out-of-order execution sees across them) and the
+/// loop bounds fold; as calls, a float decode step was measurably slower (docs/kernel-notes.md, "Decode").
 template <class T>
 struct RowProducts {
   using Packet = typename Eigen::internal::packet_traits<T>::type;
@@ -48,8 +51,8 @@ struct RowProducts {
   /// Up to `block_rows` rows go one at a time against `wide` keys: there each key is used by few rows, reading keys
   /// is the cost, and more key rows in flight read faster. More rows share each key's loads in blocks of
   /// `block_rows` x `block`.
-  static void scores(T* s, Index lds, const T* q, Index ldq, Index rows, const T* k, Index ldk, Index keys,
-                     Index depth) {
+  EIGEN_ALWAYS_INLINE static void scores(T* s, Index lds, const T* q, Index ldq, Index rows, const T* k, Index ldk,
+                                         Index keys, Index depth) {
     // Empty operands may have null data; offsetting a null pointer is undefined behaviour even unused.
     if (rows == 0 || keys == 0) return;
     Index r = 0;
@@ -60,8 +63,8 @@ struct RowProducts {
   }
 
   /// acc[r, :] += sum over j < keys of p[r, j] * v[j, :] for r < rows, over `cols` values.
-  static void accumulate(T* acc, Index lda, const T* p, Index ldp, Index rows, const T* v, Index ldv, Index keys,
-                         Index cols) {
+  EIGEN_ALWAYS_INLINE static void accumulate(T* acc, Index lda, const T* p, Index ldp, Index rows, const T* v,
+                                             Index ldv, Index keys, Index cols) {
     if (rows == 0 || keys == 0 || cols == 0) return;  // as in scores(): empty operands may have null data
     Index r = 0;
     for (; r + block_rows <= rows; r += block_rows)
@@ -71,7 +74,8 @@ struct RowProducts {
 
  private:
   template <int R, int C>
-  static void scores_rows(T* s, Index lds, const T* q, Index ldq, const T* k, Index ldk, Index keys, Index depth) {
+  EIGEN_ALWAYS_INLINE static void scores_rows(T* s, Index lds, const T* q, Index ldq, const T* k, Index ldk, Index keys,
+                                              Index depth) {
     Index j = 0;
     for (; j + C <= keys; j += C) scores_block<R, C>(s + j, lds, q, ldq, k + j * ldk, ldk, depth);
     for (; j < keys; ++j) scores_block<R, 1>(s + j, lds, q, ldq, k + j * ldk, ldk, depth);
@@ -79,7 +83,8 @@ struct RowProducts {
 
   // R rows against C keys: R x C packet accumulators across the depth, then one horizontal sum each.
   template <int R, int C>
-  static void scores_block(T* s, Index lds, const T* q, Index ldq, const T* k, Index ldk, Index depth) {
+  EIGEN_ALWAYS_INLINE static void scores_block(T* s, Index lds, const T* q, Index ldq, const T* k, Index ldk,
+                                               Index depth) {
     namespace ei = Eigen::internal;
     const Index packed_depth = depth / width * width;
     Packet acc[R][C];
@@ -102,7 +107,8 @@ struct RowProducts {
   }
 
   template <int R>
-  static void accumulate_rows(T* acc, Index lda, const T* p, Index ldp, const T* v, Index ldv, Index keys, Index cols) {
+  EIGEN_ALWAYS_INLINE static void accumulate_rows(T* acc, Index lda, const T* p, Index ldp, const T* v, Index ldv,
+                                                  Index keys, Index cols) {
     Index x = 0;
     for (; x + block * width <= cols; x += block * width)
       accumulate_block<R, block>(acc + x, lda, p, ldp, v + x, ldv, keys);
@@ -118,7 +124,8 @@ struct RowProducts {
   // R rows x C packets of columns: the accumulators stay in registers across all keys, and each key's value
   // packets are loaded once for the R rows.
   template <int R, int C>
-  static void accumulate_block(T* acc, Index lda, const T* p, Index ldp, const T* v, Index ldv, Index keys) {
+  EIGEN_ALWAYS_INLINE static void accumulate_block(T* acc, Index lda, const T* p, Index ldp, const T* v, Index ldv,
+                                                   Index keys) {
     namespace ei = Eigen::internal;
     Packet a[R][C];
     for (int r = 0; r < R; ++r)
