@@ -32,9 +32,9 @@
 namespace attend::detail {
 
 /// Products of a few rows for scalar type T; every matrix is row-major with the given row stride. Every function is
-/// forced inline: a decode step calls them on 16 key rows of one kv group at a time, and inlined into the rows
-/// mainloop the loads of one call overlap the next call's misses (out-of-order execution sees across them) and the
-/// loop bounds fold; as calls, a float decode step was measurably slower (docs/kernel-notes.md, "Decode").
+/// forced inline: a decode step calls them on 16 key rows of one kv group at a time, and as calls the float decode
+/// was measurably slower while executing fewer instructions, presumably because the calls cut the overlap of one
+/// block's loads with its neighbours' work (docs/kernel-notes.md, "Decode").
 template <class T>
 struct RowProducts {
   using Packet = typename Eigen::internal::packet_traits<T>::type;
