@@ -6,7 +6,8 @@
 /// the CPU and the operating system support them. Three paths, each a superset of the one before:
 ///
 ///   generic     16-bit tiles converted to float, then the float mainloops (compiled for the build's target)
-///   avx512bf16  AVX-512 conversions in registers for decoding; vdpbf16ps tile products for prefill
+///   avx512bf16  AVX-512 conversions in registers for decoding; prefill tiles widened to float in registers,
+///               then FMA (tile16_products.hpp's WidenProducts)
 ///   amx         AMX tiles (tdpbf16ps) for prefill; the AVX-512 decode loops
 ///
 /// AMX needs the process to ask Linux for the tile state once (arch_prctl(ARCH_REQ_XCOMP_PERM,

@@ -9,7 +9,8 @@
 ///                     vectors in registers (a shift and a mask), times broadcast float A values, by fused
 ///                     multiply-adds; register blocks of rows x vectors. The A operands (queries, weights) stay in
 ///                     float, so nothing beyond the inputs is rounded. (vdpbf16ps, which would take the pairs as
-///                     they are, runs at half the FMA rate on this machine: docs/kernel-notes.md.)
+///                     they are, runs at half the FMA rate on one development host and faster than FMA on another:
+///                     docs/kernel-notes.md. Which product wins is a property of the CPU; this path takes FMA.)
 ///
 /// Both read keys and values in the tiles of vnni_pack.hpp (B) and queries and weights row-major (A: bfloat16 for
 /// AMX, float for WidenProducts), and write scores and accumulate outputs row-major in float. Rows go in blocks of 16
