@@ -7,7 +7,9 @@
 //   attend_prefill16/...same args.../type:<1|2>/path:<0|1|2>         the same inputs rounded to bfloat16 (type 1) or
 //                                                                    half (2), q, k, v and the output all 16-bit, on
 //                                                                    the 16-bit path generic (0), avx512bf16 (1) or
-//                                                                    amx (2) (rows for paths this CPU lacks: skipped)
+//                                                                    amx (2) (rows for paths this CPU lacks: skipped;
+//                                                                    the label names the path and, on avx512bf16,
+//                                                                    its products: widen or dot)
 //   attend_prefill_mod/...same args.../mod:<0-3>                     attend_prefill with score modifiers: none (0),
 //                                                                    a sink per head (1), ALiBi slopes (2), both (3)
 //   attend_prefill_cache/Lq:<n>/Lk:<n>/type:<0-3>                    chunked prefill of a layer: float q (GQA 32/8,
@@ -27,6 +29,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "bench_common.hpp"
 
@@ -111,7 +114,10 @@ void on_path(benchmark::State& state, long path, Body&& body) {
     return;
   }
   body();
-  state.SetLabel(attend::bf16_path());
+  // The path, and on the avx512bf16 path the tile products the CPU's vendor chose (cpu.hpp's Bf16Products).
+  std::string label = attend::bf16_path();
+  if (path == 1) label += std::string("/") + attend::detail::products_name(attend::detail::bf16_products_now());
+  state.SetLabel(label);
   attend::detail::reset_bf16_path();
 }
 

@@ -207,12 +207,13 @@ def run_all(opts, json_dir):
     meta["threads"] = opts.threads
     meta["repetitions"] = opts.repetitions
     meta["min_time"] = opts.min_time
-    meta["interleaved"] = opts.repetitions > 1
     meta["filter"] = opts.filter
     meta["missing_programs"] = missing
     started = time.time()
     common = ["--benchmark_repetitions=%d" % opts.repetitions, "--benchmark_min_time=%g" % opts.min_time]
-    if opts.repetitions > 1:
+    # Repetitions run interleaved (and only their aggregates are written) when there is more than one.
+    meta["interleaved"] = opts.repetitions > 1
+    if meta["interleaved"]:
         common.append("--benchmark_report_aggregates_only=true")
         common.append("--benchmark_enable_random_interleaving=true")
     if opts.filter:
@@ -293,6 +294,12 @@ class Results:
 
     def names(self, family):
         return sorted({n for (n, _) in self.rows if n.split("/")[0] == family}, key=sort_key)
+
+
+def path_label(res, name, threads):
+    """The 16-bit path of an attend_prefill16 row: the benchmark's label (path, and products on avx512bf16)."""
+    row = res.rows.get((name, threads)) or {}
+    return row.get("label") or PATHS.get(parse_args(name)["path"], "?")
 
 
 def parse_args(name):
@@ -748,9 +755,10 @@ def render_round2(res, threads, w):
         w("## Prefill in 16 bits, by path (H = 8)")
         w("")
         w("`multi_head_attention` with q, k, v and the output in bf16 or fp16 (float scores, softmax and "
-          "accumulator), on each 16-bit path forced in turn: *amx* (AMX-BF16 tiles), *avx512bf16* (`vdpbf16ps`), "
-          "*generic* (tiles widened to float, the float mainloop); a path this CPU lacks has no rows. fp16 is "
-          "rounded to bf16 on the amx and avx512bf16 paths. Float: `attend_prefill` of the same shape (the "
+          "accumulator), on each 16-bit path forced in turn: *amx* (AMX-BF16 tiles), *avx512bf16* with the tile "
+          "products the CPU's vendor chose (*dot*: `vdpbf16ps`, the weights rounded to bf16, on AMD; *widen*: "
+          "bf16 widened to float, then FMA, on Intel), *generic* (tiles widened to float, the float mainloop); a "
+          "path this CPU lacks has no rows. fp16 is rounded to bf16 on the amx and avx512bf16 paths. Float: `attend_prefill` of the same shape (the "
           "unrounded values). GFLOP/s counts useful work as for float.")
         w("")
         hdr = ["type", "path", "kv heads", "mask", "d", "L", "float ms", "16-bit ms", "speedup vs float",
@@ -765,7 +773,7 @@ def render_round2(res, threads, w):
                     continue
                 fl = float_prefill_of(name)
                 g, amx = res.get(name, t, "GFLOPS"), res.get(AMX_GEMM % a["d"], t, "GFLOPS")
-                rows.append([TYPES16.get(a["type"], "?"), PATHS.get(a["path"], "?"), "%d" % a["G"],
+                rows.append([TYPES16.get(a["type"], "?"), path_label(res, name, t), "%d" % a["G"],
                              mask_name(a["causal"]), "%d" % a["d"], "%d" % a["L"], ms(res.get(fl, t)), ms(m),
                              times(ratio(res.get(fl, t), m)), num(res.get(fl, t, "GFLOPS")), num(g),
                              pct(ratio(g, amx))])

@@ -1,12 +1,14 @@
-// bfloat16 and half: every kernel on every 16-bit path this machine has (amx, avx512bf16, generic, forced in turn
-// through detail::set_bf16_path) against the double reference on the same, already rounded, inputs. The contract
-// bounds the NMSE of outputs, lse and weights by 1e-4; rows that see no key must be exactly zero; results must not
-// depend on the thread count within a path. The worst NMSE per path and type is printed (and asserted).
+// bfloat16 and half: every kernel on every 16-bit path this machine has (amx, avx512bf16 with each of its prefill
+// products, generic, forced in turn through detail::set_bf16_path and set_bf16_products) against the double reference
+// on the same, already rounded, inputs. The contract bounds the NMSE of outputs, lse and weights by 1e-4; rows that see
+// no key must be exactly zero; results must not depend on the thread count within a path. The worst NMSE per path and
+// type is printed (and asserted).
 #include <gtest/gtest.h>
 
 #include <attend/attend.hpp>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <map>
 #include <random>
@@ -24,6 +26,7 @@ using attend::Mask;
 using attend::Matrix;
 using attend::Options;
 using attend::detail::Bf16Path;
+using attend::detail::Bf16Products;
 using bf16 = Eigen::bfloat16;
 using half = Eigen::half;
 
@@ -59,20 +62,40 @@ Matrix<T> random16(Index rows, Index cols, std::mt19937& rng, double stddev = 1.
   return attend_test::random_matrix<float>(rows, cols, rng, stddev).template cast<T>();
 }
 
-// The paths this machine can take, each forced for the scope of one test.
-std::vector<Bf16Path> paths() {
-  std::vector<Bf16Path> out{Bf16Path::generic};
+// A 16-bit path and, on the avx512bf16 path, the prefill tile products it takes.
+struct Route {
+  Bf16Path path;
+  Bf16Products products = Bf16Products::widen;
+  std::string name() const {
+    std::string n = attend::detail::path_name(path);
+    return path == Bf16Path::avx512bf16 ? n + "/" + attend::detail::products_name(products) : n;
+  }
+};
+
+// The routes this machine can take (both products on the avx512bf16 path), each forced for the scope of one test.
+std::vector<Route> paths() {
+  std::vector<Route> out{{Bf16Path::generic}};
   for (Bf16Path p : {Bf16Path::avx512bf16, Bf16Path::amx}) {
     attend::detail::set_bf16_path(p);
-    if (attend::detail::bf16_path_now() == p) out.push_back(p);
+    if (attend::detail::bf16_path_now() != p) continue;
+    if (p == Bf16Path::avx512bf16)
+      for (Bf16Products k : {Bf16Products::widen, Bf16Products::dot}) out.push_back({p, k});
+    else
+      out.push_back({p});
   }
   attend::detail::reset_bf16_path();
   return out;
 }
 
 struct ForcePath {
-  explicit ForcePath(Bf16Path p) { attend::detail::set_bf16_path(p); }
-  ~ForcePath() { attend::detail::reset_bf16_path(); }
+  explicit ForcePath(const Route& r) {
+    attend::detail::set_bf16_path(r.path);
+    attend::detail::set_bf16_products(r.products);
+  }
+  ~ForcePath() {
+    attend::detail::reset_bf16_path();
+    attend::detail::reset_bf16_products();
+  }
 };
 
 // The worst NMSE seen, per path and type, printed at the end of the program.
@@ -110,9 +133,9 @@ TYPED_TEST(Precision, EveryPathMatchesTheDoubleReferenceWithinTheContractsNmse) 
   const Shape shapes[] = {{300, 300, 64, 64, {4, 4}},  {257, 513, 80, 96, {4, 2}}, {40, 1100, 96, 64, {8, 2}},
                           {1, 3000, 128, 128, {8, 2}}, {4, 700, 128, 80, {8, 8}},  {600, 70, 128, 128, {2, 1}},
                           {33, 33, 96, 96, {3, 3}}};
-  for (Bf16Path path : paths()) {
+  for (const Route& path : paths()) {
     const ForcePath force(path);
-    const std::string key = std::string(attend::detail::path_name(path)) + " " + type_name((T*)nullptr);
+    const std::string key = path.name() + " " + type_name((T*)nullptr);
     for (const Shape& s : shapes)
       for (const Mask& m : kMasks) {
         Options o;
@@ -140,9 +163,9 @@ TYPED_TEST(Precision, EveryPathMatchesTheDoubleReferenceWithinTheContractsNmse) 
 TYPED_TEST(Precision, SingleHeadWeightsBiasSoftcapAndLkZeroOnEveryPath) {
   using T = TypeParam;
   std::mt19937 rng(81);
-  for (Bf16Path path : paths()) {
+  for (const Route& path : paths()) {
     const ForcePath force(path);
-    const std::string key = std::string(attend::detail::path_name(path)) + " " + type_name((T*)nullptr);
+    const std::string key = path.name() + " " + type_name((T*)nullptr);
     for (auto [lq, lk] : {std::pair<Index, Index>{300, 260}, {5, 2000}, {64, 64}}) {
       const Matrix<T> q = random16<T>(lq, 64, rng), k = random16<T>(lk, 64, rng), v = random16<T>(lk, 48, rng);
       Matrix<T> bias = random16<T>(lq, lk, rng);
@@ -174,9 +197,9 @@ TYPED_TEST(Precision, SingleHeadWeightsBiasSoftcapAndLkZeroOnEveryPath) {
 TYPED_TEST(Precision, FloatQueriesOver16BitKeysAndValuesRoundOnlyTheCache) {
   using S = TypeParam;
   std::mt19937 rng(82);
-  for (Bf16Path path : paths()) {
+  for (const Route& path : paths()) {
     const ForcePath force(path);
-    const std::string key = std::string(attend::detail::path_name(path)) + " float/" + type_name((S*)nullptr);
+    const std::string key = path.name() + " float/" + type_name((S*)nullptr);
     for (auto [lq, lk] : {std::pair<Index, Index>{1, 5000}, {4, 900}, {300, 300}}) {
       Options o;
       o.mask = Mask::causal();
@@ -206,7 +229,7 @@ TYPED_TEST(Precision, OneAndTwoThreadsAgreeBitForBitOnEveryPath) {
   using T = TypeParam;
   std::mt19937 rng(83);
   const int restore = omp_get_max_threads();
-  for (Bf16Path path : paths()) {
+  for (const Route& path : paths()) {
     const ForcePath force(path);
     for (auto [lq, lk] : {std::pair<Index, Index>{700, 700}, {2, 9000}}) {
       Options o;
@@ -218,8 +241,8 @@ TYPED_TEST(Precision, OneAndTwoThreadsAgreeBitForBitOnEveryPath) {
         omp_set_num_threads(t);
         r[t - 1] = attend::multi_head_attention_with_lse(q, k, v, Heads{8, 2}, o);
       }
-      EXPECT_TRUE(r[0].out == r[1].out) << attend::detail::path_name(path) << " " << lq << "x" << lk;
-      EXPECT_TRUE(r[0].lse == r[1].lse) << attend::detail::path_name(path) << " " << lq << "x" << lk;
+      EXPECT_TRUE(r[0].out == r[1].out) << path.name() << " " << lq << "x" << lk;
+      EXPECT_TRUE(r[0].lse == r[1].lse) << path.name() << " " << lq << "x" << lk;
     }
   }
   omp_set_num_threads(restore);
@@ -233,7 +256,7 @@ TYPED_TEST(Precision, OneAndTwoThreadsAgreeBitForBitOnEveryPath) {
 TYPED_TEST(Precision, HiddenNonFiniteValuesNeverReachAnOutputOnEveryPath) {
   using T = TypeParam;
   std::mt19937 rng(84);
-  for (Bf16Path path : paths()) {
+  for (const Route& path : paths()) {
     const ForcePath force(path);
     Matrix<T> q = random16<T>(300, 64, rng), k = random16<T>(300, 64, rng), v = random16<T>(300, 64, rng);
     v(299, 3) = T(std::numeric_limits<float>::infinity());
@@ -241,18 +264,18 @@ TYPED_TEST(Precision, HiddenNonFiniteValuesNeverReachAnOutputOnEveryPath) {
     Options o;
     o.mask = Mask::causal();
     const Matrix<T> out = attend::scaled_dot_product_attention(q, k, v, o);
-    EXPECT_TRUE(out.topRows(298).template cast<float>().allFinite()) << attend::detail::path_name(path);
+    EXPECT_TRUE(out.topRows(298).template cast<float>().allFinite()) << path.name();
     // Decoding 4 positions (the rows mainloop, its narrow products skipping zero weights key by key): rows 0 and
     // 1 see neither key, and equal the reference, dv = 64 being two whole 32-value chunks of bfloat16 pairs.
     const Matrix<T> q4 = random16<T>(4, 64, rng);
     const Matrix<T> decoded = attend::scaled_dot_product_attention(q4, k, v, o);
     const auto want = attend::reference::scaled_dot_product_attention(q4, k, v, o);
-    EXPECT_TRUE(decoded.topRows(2).template cast<float>().allFinite()) << attend::detail::path_name(path);
-    EXPECT_LE(nmse(decoded.topRows(2), want.topRows(2)), 1e-4) << attend::detail::path_name(path);
+    EXPECT_TRUE(decoded.topRows(2).template cast<float>().allFinite()) << path.name();
+    EXPECT_LE(nmse(decoded.topRows(2), want.topRows(2)), 1e-4) << path.name();
     // Float queries over the same 16-bit keys and values.
     const Matrix<float> q4f = q4.template cast<float>();
     const Matrix<float> mixed = attend::scaled_dot_product_attention(q4f, k, v, o);
-    EXPECT_LE(nmse(mixed.topRows(2), want.topRows(2)), 1e-4) << attend::detail::path_name(path);
+    EXPECT_LE(nmse(mixed.topRows(2), want.topRows(2)), 1e-4) << path.name();
   }
 }
 
@@ -281,7 +304,7 @@ TYPED_TEST(Precision, LayersDecodingOver16BitCachesRoundOnlyTheCache) {
   const Matrix<float> x = attend_test::random_matrix<float>(70, 64, rng);
   Options o;
   o.mask = Mask::causal();
-  for (Bf16Path path : paths()) {
+  for (const Route& path : paths()) {
     const ForcePath force(path);
     attend::KVCache<float, S> cache;
     Matrix<float> y(70, 64);
@@ -291,8 +314,7 @@ TYPED_TEST(Precision, LayersDecodingOver16BitCachesRoundOnlyTheCache) {
     const Matrix<float> q = mha.q_proj(x), k = mha.k_proj(x), v = mha.v_proj(x);
     const Matrix<S> k16 = k.cast<S>(), v16 = v.cast<S>();
     const Matrix<float> want = mha.o_proj(attend::multi_head_attention(q, k16, v16, Heads{8, 2}, o));
-    EXPECT_LE(attend_test::max_abs_diff(y, want), 1e-5 * (1 + want.cwiseAbs().maxCoeff()))
-        << attend::detail::path_name(path);
+    EXPECT_LE(attend_test::max_abs_diff(y, want), 1e-5 * (1 + want.cwiseAbs().maxCoeff())) << path.name();
 
     typename attend::MultiHeadLatentAttention<float>::Config cfg{64, 4, 0, 32, 16, 8, 16};
     attend::MultiHeadLatentAttention<float> mla(cfg);
@@ -301,7 +323,7 @@ TYPED_TEST(Precision, LayersDecodingOver16BitCachesRoundOnlyTheCache) {
     attend::LatentCache<float, S> latent;
     Matrix<float> z(70, 64);
     for (Index i = 0; i < 70; i += 10) z.middleRows(i, 10) = mla.forward(x.middleRows(i, 10), latent, o);
-    EXPECT_LE(nmse(z, mla.forward(x, o)), 1e-4) << attend::detail::path_name(path);
+    EXPECT_LE(nmse(z, mla.forward(x, o)), 1e-4) << path.name();
   }
 }
 
@@ -315,6 +337,23 @@ TEST(PrecisionPath, NamesAPathAndTheTypesComputeInFloat) {
   attend::detail::set_bf16_path(Bf16Path::generic);
   EXPECT_STREQ(attend::bf16_path(), "generic");
   attend::detail::reset_bf16_path();
+}
+
+// The avx512bf16 path's prefill products: vdpbf16ps on AMD's cores, widening and FMA on the others, unless
+// ATTEND_BF16_PRODUCTS says; set_bf16_products overrides both until reset.
+TEST(PrecisionPath, TheVendorChoosesTheAvx512Bf16ProductsUnlessTold) {
+  if (std::getenv("ATTEND_BF16_PRODUCTS") == nullptr) {
+    const Bf16Products want = attend::detail::cpu().amd ? Bf16Products::dot : Bf16Products::widen;
+    EXPECT_EQ(attend::detail::bf16_products_now(), want);
+  }
+  for (Bf16Products p : {Bf16Products::widen, Bf16Products::dot}) {
+    attend::detail::set_bf16_products(p);
+    EXPECT_EQ(attend::detail::bf16_products_now(), p);
+  }
+  attend::detail::reset_bf16_products();
+  EXPECT_EQ(attend::detail::bf16_products_now(), attend::detail::env_products());
+  EXPECT_STREQ(attend::detail::products_name(Bf16Products::dot), "dot");
+  EXPECT_STREQ(attend::detail::products_name(Bf16Products::widen), "widen");
 }
 
 }  // namespace

@@ -6,15 +6,17 @@
 /// the CPU and the operating system support them. Three paths, each a superset of the one before:
 ///
 ///   generic     16-bit tiles converted to float, then the float mainloops (compiled for the build's target)
-///   avx512bf16  AVX-512 conversions in registers for decoding; prefill tiles widened to float in registers,
-///               then FMA (tile16_products.hpp's WidenProducts)
+///   avx512bf16  AVX-512 conversions in registers for decoding; prefill tile products either widened to float
+///               in registers, then FMA (tile16_products.hpp's WidenProducts), or vdpbf16ps on the bfloat16
+///               pairs (DotProducts), whichever the CPU runs faster (Bf16Products below)
 ///   amx         AMX tiles (tdpbf16ps) for prefill; the AVX-512 decode loops
 ///
 /// AMX needs the process to ask Linux for the tile state once (arch_prctl(ARCH_REQ_XCOMP_PERM,
 /// XFEATURE_XTILEDATA)); a refusal leaves the avx512bf16 path. The environment variable ATTEND_BF16_PATH
 /// (generic, avx512bf16 or amx), read once, caps the path, and tests may set it with set_bf16_path(); a path the
-/// machine lacks falls back to the best one below it. Define ATTEND_NO_X86_DISPATCH to compile the generic path
-/// only.
+/// machine lacks falls back to the best one below it. ATTEND_BF16_PRODUCTS (widen or dot), read once, and
+/// set_bf16_products() choose the avx512bf16 path's prefill products in the same way. Define
+/// ATTEND_NO_X86_DISPATCH to compile the generic path only.
 
 #include <atomic>
 #include <cstddef>
@@ -52,6 +54,7 @@ struct CpuFeatures {
   bool avx512bf16 = false;  ///< and vdpbf16ps, vcvtne2ps2bf16
   bool avx512vnni = false;  ///< and vpdpbusd (8-bit integer dot products)
   bool amx = false;         ///< AMX-TILE and AMX-BF16 with the OS supporting the tile state (permission aside)
+  bool amd = false;         ///< the vendor string is AuthenticAMD
 };
 
 #if defined(ATTEND_X86_DISPATCH)
@@ -59,6 +62,8 @@ inline CpuFeatures probe_cpu() {
   CpuFeatures f;
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (__get_cpuid_max(0, nullptr) < 7) return f;
+  __cpuid(0, a, b, c, d);
+  f.amd = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;  // "Auth" "enti" "cAMD"
   __cpuid(1, a, b, c, d);
   const bool osxsave = (c >> 27) & 1;
   if (!osxsave) return f;
@@ -125,6 +130,45 @@ inline std::atomic<int>& path_override() {
 inline void set_bf16_path(Bf16Path p) { path_override().store(static_cast<int>(p)); }
 /// Removes the cap of set_bf16_path() (ATTEND_BF16_PATH still applies).
 inline void reset_bf16_path() { path_override().store(-1); }
+
+/// How the avx512bf16 path multiplies the 16-bit prefill tiles: bfloat16 pairs widened to float, then FMA (the
+/// weights stay float), or vdpbf16ps on the pairs as they are (the weights rounded to bfloat16, as on AMX). One
+/// vdpbf16ps does the multiplies of two FMAs; whether it also issues at the FMA rate is a property of the core:
+/// AMD's cores with AVX512-BF16 (Zen 4 on) issue it like an FMA, Intel's split it and run it at half the FMA
+/// FLOP rate (docs/kernel-notes.md). The vendor decides the default, so a process's results never depend on a
+/// timing.
+enum class Bf16Products { widen = 0, dot = 1 };
+
+inline const char* products_name(Bf16Products p) { return p == Bf16Products::dot ? "dot" : "widen"; }
+
+/// The products chosen by ATTEND_BF16_PRODUCTS (read once), else by the vendor.
+inline Bf16Products env_products() {
+  static const Bf16Products p = [] {
+    const char* e = std::getenv("ATTEND_BF16_PRODUCTS");
+    if (e && std::strcmp(e, "widen") == 0) return Bf16Products::widen;
+    if (e && std::strcmp(e, "dot") == 0) return Bf16Products::dot;
+    return cpu().amd ? Bf16Products::dot : Bf16Products::widen;
+  }();
+  return p;
+}
+
+/// A choice set by the program (tests): -1 for none.
+inline std::atomic<int>& products_override() {
+  static std::atomic<int> p{-1};
+  return p;
+}
+
+/// Sets the avx512bf16 path's prefill products for the rest of the process (or until called again); for tests and
+/// benchmarks that compare them.
+inline void set_bf16_products(Bf16Products p) { products_override().store(static_cast<int>(p)); }
+/// Removes the choice of set_bf16_products() (ATTEND_BF16_PRODUCTS and the vendor decide again).
+inline void reset_bf16_products() { products_override().store(-1); }
+
+/// The products the avx512bf16 path's prefill tiles take now.
+inline Bf16Products bf16_products_now() {
+  const int o = products_override().load(std::memory_order_relaxed);
+  return o >= 0 ? static_cast<Bf16Products>(o) : env_products();
+}
 
 /// The path the 16-bit kernels take now.
 inline Bf16Path bf16_path_now() {

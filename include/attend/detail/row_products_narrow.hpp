@@ -67,24 +67,25 @@ struct Rows16 {
   ATTEND_TARGET_AVX512 void load(Index r, Index x, const __mmask16* m, __m512* out) const { out[0] = load(r, x, m[0]); }
   /// 16 values of row r from column x (all inside the row) widened to float, with an unmasked load.
   ATTEND_TARGET_AVX512 void load(Index r, Index x, __m512* out) const {
-    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * ld + x));
-    if constexpr (std::is_same_v<S, Eigen::bfloat16>)
-      out[0] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));  // bf16 -> f32: << 16
-    else
-      out[0] = _mm512_cvtph_ps(bits);
+    out[0] = widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + r * ld + x)));
   }
   /// 16 values of row r from column x widened to float; only the lanes of m are read (the others are 0).
   ATTEND_TARGET_AVX512 __m512 load(Index r, Index x, __mmask16 m) const {
-    const __m256i bits = _mm256_maskz_loadu_epi16(m, p + r * ld + x);
-    if constexpr (std::is_same_v<S, Eigen::bfloat16>)
-      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));  // bf16 -> f32: << 16
-    else
-      return _mm512_cvtph_ps(bits);
+    return widen(_mm256_maskz_loadu_epi16(m, p + r * ld + x));
   }
   ATTEND_TARGET_AVX512 void prefetch(Index r, Index cols) const {
     for (Index x = 0; x < cols; x += 32) _mm_prefetch(reinterpret_cast<const char*>(p + r * ld + x), _MM_HINT_T0);
   }
   Rows16 from(Index r) const { return {p + r * ld, ld}; }
+
+ private:
+  /// 16 values of S to float (exact).
+  ATTEND_TARGET_AVX512 static __m512 widen(__m256i bits) {
+    if constexpr (std::is_same_v<S, Eigen::bfloat16>)
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));  // bf16 -> f32: << 16
+    else
+      return _mm512_cvtph_ps(bits);
+  }
 };
 
 /// q8 rows: 8-bit values, one scale per 32 columns.
@@ -197,6 +198,19 @@ struct RowProductsNarrow {
     return _mm_hadd_ps(_mm_hadd_ps(a4, b4), _mm_hadd_ps(c4, d4));
   }
 
+  /// acc[r][c] += q_r . k_c over W vectors: k's in kp, q's row r read from q + r * ldq, only the lanes of m[v]
+  /// when m is given (a tail). Inlined into each loop of scores_block, where m is a constant.
+  template <int R, int C, int W>
+  ATTEND_TARGET_AVX512 EIGEN_ALWAYS_INLINE static void fmadd_block(__m512 (&acc)[R][C], const __m512 (&kp)[C][W],
+                                                                   const float* q, Index ldq, const __mmask16* m) {
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < W; ++v) {
+        const float* qv = q + r * ldq + 16 * v;
+        const __m512 qp = m ? _mm512_maskz_loadu_ps(m[v], qv) : _mm512_loadu_ps(qv);
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(qp, kp[c][v], acc[r][c]);  // s += q . k
+      }
+  }
+
   // R rows against C keys (k's rows 0..C): R x C vector accumulators across the depth, then their horizontal sums.
   template <int R, int C>
   ATTEND_TARGET_AVX512 static void scores_block(float* s, Index lds, const float* q, Index ldq, const Source& k,
@@ -210,33 +224,21 @@ struct RowProductsNarrow {
       for (; x + 32 <= depth; x += 32) {  // q's even and odd elements meet k's (pair-split layout)
         __m512 kp[C][2];
         for (int c = 0; c < C; ++c) k.load_pairs(c, x, kp[c]);
-        for (int r = 0; r < R; ++r)
-          for (int v = 0; v < 2; ++v) {
-            const __m512 qp = _mm512_loadu_ps(q + r * ldq + x + 16 * v);
-            for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(qp, kp[c][v], acc[r][c]);  // s += q . k
-          }
+        fmadd_block(acc, kp, q + x, ldq, nullptr);
       }
     // Whole vectors with unmasked loads: with masked ones in the loop, GCC 12 also stored every accumulator to the
     // stack on each pass (16 stores per 16 FMAs, the store port the bottleneck of half scores).
     for (; x + 16 * V <= depth; x += 16 * V) {
       __m512 kp[C][V];
       for (int c = 0; c < C; ++c) k.load(c, x, kp[c]);
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < V; ++v) {
-          const __m512 qp = _mm512_loadu_ps(q + r * ldq + x + 16 * v);
-          for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(qp, kp[c][v], acc[r][c]);  // s += q . k
-        }
+      fmadd_block(acc, kp, q + x, ldq, nullptr);
     }
     if (x < depth) {  // the tail, masked
       __mmask16 m[V];
       for (int v = 0; v < V; ++v) m[v] = first_lanes(depth - x - 16 * v);
       __m512 kp[C][V];
       for (int c = 0; c < C; ++c) k.load(c, x, m, kp[c]);
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < V; ++v) {
-          const __m512 qp = _mm512_maskz_loadu_ps(m[v], q + r * ldq + x + 16 * v);
-          for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(qp, kp[c][v], acc[r][c]);  // s += q . k
-        }
+      fmadd_block(acc, kp, q + x, ldq, m);
     }
     for (int r = 0; r < R; ++r) {
       if constexpr (C == 4)

@@ -32,6 +32,12 @@
 
 namespace attend::detail {
 
+/// The instructions of a call's 16-bit prefill tiles: the path and, on the avx512bf16 path, its products.
+struct Path16 {
+  Bf16Path path = Bf16Path::generic;
+  Bf16Products products = Bf16Products::widen;
+};
+
 /// One thread's prefill tiles: the mainloop each tile takes, with the workspaces its tiles share (each made when the
 /// first tile that needs it comes) and the kv group packed last. prefill() and the ragged schedule
 /// (schedule_ragged.hpp) run every prefill tile through it, so a tile gives the same bits whichever runs it.
@@ -40,8 +46,8 @@ class PrefillTiles {
  public:
   using C = accumulator_t<T>;
 
-  /// Tiles of up to `rows` rows, key tiles of up to `keys` keys; `path16` is bf16_path_now() for the whole call.
-  PrefillTiles(Index rows, Index keys, Index d, Index dv, const Tiles& tiles, Bf16Path path16)
+  /// Tiles of up to `rows` rows, key tiles of up to `keys` keys; `path16` is prefill_path16() for the whole call.
+  PrefillTiles(Index rows, Index keys, Index d, Index dv, const Tiles& tiles, Path16 path16)
       : rows_(rows), keys_(keys), d_(d), dv_(dv), tiles_(tiles), path16_(path16) {}
 
   /// Kv group g's positions [p0, p1) of `pb` (its keys `kv`, key tiles of `key_tile`) into out [Lq, H*dv] and lse
@@ -51,14 +57,17 @@ class PrefillTiles {
   void run(const Problem<T, S>& pb, const GroupKeys<S>& kv, Index source, Index g, Index p0, Index p1, Index key_tile,
            RowsRef<T>& out, Lse* lse) {
     const Index rows = (p1 - p0) * pb.stack;
-    if (rows > tiles_.few_rows() && path16_ != Bf16Path::generic) {
+    if (rows > tiles_.few_rows() && path16_.path != Bf16Path::generic) {
 #if defined(ATTEND_X86_DISPATCH)
       if constexpr (is_16bit<T> && std::is_same_v<T, S>) {
         // 16-bit queries, keys and values: the tile products on AMX or AVX512-BF16 (tile16_mainloop.hpp).
         if (!tile16_ws_) tile16_ws_.emplace(rows_, keys_, d_, dv_);
         if (vnni_.group != source) vnni_.pack(kv, source);
-        if (path16_ == Bf16Path::amx) {
+        if (path16_.path == Bf16Path::amx) {
           Tile16<T, S, AmxProducts> tile(pb, kv, vnni_, g, p0, p1, *tile16_ws_);
+          attend_tile(tile, 32, key_tile, tiles_.cut_keys());
+        } else if (path16_.products == Bf16Products::dot) {
+          Tile16<T, S, DotProducts> tile(pb, kv, vnni_, g, p0, p1, *tile16_ws_);
           attend_tile(tile, 32, key_tile, tiles_.cut_keys());
         } else {
           Tile16<T, S, WidenProducts> tile(pb, kv, vnni_, g, p0, p1, *tile16_ws_);
@@ -84,7 +93,7 @@ class PrefillTiles {
  private:
   Index rows_, keys_, d_, dv_;
   const Tiles& tiles_;
-  Bf16Path path16_;
+  Path16 path16_;
   std::optional<PackedWorkspace<C>> packed_ws_;
   std::optional<RowsWorkspace<C>> rows_ws_;
   PackedKeys<C> packed_;
@@ -95,10 +104,12 @@ class PrefillTiles {
 };
 
 /// The 16-bit path the tile products of a call of queries T over keys S take: 16-bit queries, keys and values alike
-/// (mixed storage keeps float queries, which they would round) on a CPU path beyond the generic one.
+/// (mixed storage keeps float queries, which they would round) on a CPU path beyond the generic one. Read once per
+/// call, so every thread of the call takes the same products.
 template <class T, class S>
-Bf16Path prefill_path16() {
-  return is_16bit<T> && std::is_same_v<T, S> ? bf16_path_now() : Bf16Path::generic;
+Path16 prefill_path16() {
+  if (!(is_16bit<T> && std::is_same_v<T, S>)) return {};
+  return {bf16_path_now(), bf16_products_now()};
 }
 
 template <class T, class S>
@@ -108,7 +119,7 @@ void prefill(const Problem<T, S>& pb, const std::vector<GroupKeys<S>>& keys, con
   const Index n_tiles = (lq + plan.tile_positions - 1) / plan.tile_positions, tasks = n_tiles * groups;
   const bool later_is_heavier = pb.mask.hides_future();
   const Index ws_rows = std::min(plan.tile_positions * stack, lq * stack);
-  const Bf16Path path16 = prefill_path16<T, S>();
+  const Path16 path16 = prefill_path16<T, S>();
 #if defined(_OPENMP)
 #pragma omp parallel if (worth_threads(tasks, plan.work))
 #endif

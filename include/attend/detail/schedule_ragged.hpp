@@ -157,7 +157,7 @@ void ragged(const std::vector<RaggedSequence<T, S>>& seqs, const Tiles& tiles, R
   std::vector<Index> decoded;  // the decode sequences, to merge
   for (Index b = 0; b < n; ++b)
     if (seqs[b].pb.positions > 0 && plans[b].split_keys) decoded.push_back(b);
-  const Bf16Path path16 = prefill_path16<T, S>();
+  const Path16 path16 = prefill_path16<T, S>();
 
   // A sequence's rows of the output (a view).
   const auto rows_of_out = [&](Index b) { return RowsRef<T>(out.middleRows(seqs[b].row, seqs[b].pb.positions)); };

@@ -50,10 +50,11 @@ namespace attend::detail {
 /// multiple of 32); sized once per thread.
 struct Tile16Workspace {
   Index rows_pad, keys, d_pad, dv_pad;
-  LineVector<std::uint16_t> q;  ///< [rows_pad x d_pad] the tile's stacked queries in bfloat16, unscaled (AMX)
-  LineVector<float> qf;         ///< [rows_pad x d_pad] the same in float (WidenProducts)
-  LineVector<float> s;          ///< [rows_pad x keys] S, then P in place (WidenProducts)
-  LineVector<std::uint16_t> p;  ///< [rows_pad x keys] P in bfloat16 (AMX)
+  LineVector<std::uint16_t>
+      q;                 ///< [rows_pad x d_pad] the tile's stacked queries in bfloat16, unscaled (AMX, DotProducts)
+  LineVector<float> qf;  ///< [rows_pad x d_pad] the same in float (WidenProducts)
+  LineVector<float> s;   ///< [rows_pad x keys] S, then P in place (WidenProducts)
+  LineVector<std::uint16_t> p;  ///< [rows_pad x keys] P in bfloat16 (AMX, DotProducts)
   LineVector<float> o;          ///< [rows_pad x dv_pad] the unnormalized output
   std::vector<float> max, sum;  ///< running m and l per row
   Matrix<float> rows;           ///< [rows, dv] the normalized output rows, after finish()
@@ -105,7 +106,7 @@ struct RowSoftmax16 {
 
   /// Row of scores s (keys [0, width)), visible keys [lo, hi) with lo < hi <= width, width a multiple of 32:
   /// scores are s * scale. Updates m and l, writes the weights (0 outside [lo, hi)) to p, in bfloat16 (P is
-  /// std::uint16_t, an A operand of AMX) or in float (P is float: in place of the scores), and returns
+  /// std::uint16_t, an A operand of AMX and vdpbf16ps) or in float (P is float: in place of the scores), and returns
   /// alpha = exp(m_old - m_new) (0 on the row's first visible tile) for the caller's accumulator, or 1 when the
   /// maximum did not move.
   template <bool kMayHoldNegInf, class P>
@@ -223,7 +224,7 @@ class Tile16 {
   }
 
  private:
-  /// Where row r's weights go: bfloat16 for AMX, float in place of the scores for WidenProducts.
+  /// Where row r's weights go: bfloat16 for AMX and DotProducts, float in place of the scores for WidenProducts.
   using Weight = std::conditional_t<Products::kFloatOperands, float, std::uint16_t>;
   Weight* weights(Index r) {
     if constexpr (Products::kFloatOperands)

@@ -1,20 +1,23 @@
 #pragma once
 /// \file
-/// The two products of the 16-bit prefill mainloop, on bfloat16 operands with float results, in two instruction
-/// sets (run-time dispatch, cpu.hpp):
+/// The two products of the 16-bit prefill mainloop, on bfloat16 operands with float results, three ways (run-time
+/// dispatch, cpu.hpp):
 ///
 ///   AmxProducts       AMX: 16 x 16 float C tiles += 16 x 32 A tiles (bfloat16) times 32 x 16 B tiles, one
 ///                     tdpbf16ps each, 2 x 2 C tiles per step so each A and B tile loaded serves two products.
-///   WidenProducts     AVX-512: each 64-byte row of a B tile (16 columns x 2 depth values) widened to two float
-///                     vectors in registers (a shift and a mask), times broadcast float A values, by fused
-///                     multiply-adds; register blocks of rows x vectors. The A operands (queries, weights) stay in
-///                     float, so nothing beyond the inputs is rounded. (vdpbf16ps, which would take the pairs as
-///                     they are, runs at half the FMA rate on one development host and faster than FMA on another:
-///                     docs/kernel-notes.md. Which product wins is a property of the CPU; this path takes FMA.)
+///   DotProducts       AVX512-BF16: each 64-byte row of a B tile (16 columns x 2 depth values) times a broadcast
+///                     pair of A values, one vdpbf16ps per row of A and 16 columns; register blocks of rows x
+///                     vectors. A in bfloat16, as for AMX.
+///   WidenProducts     AVX-512: each B row widened to two float vectors in registers (a shift and a mask), times
+///                     broadcast float A values, by fused multiply-adds. The A operands (queries, weights) stay in
+///                     float, so nothing beyond the inputs is rounded; twice the multiply instructions of
+///                     DotProducts, for the cores where vdpbf16ps issues at half the FMA rate (Bf16Products in
+///                     cpu.hpp chooses).
 ///
-/// Both read keys and values in the tiles of vnni_pack.hpp (B) and queries and weights row-major (A: bfloat16 for
-/// AMX, float for WidenProducts), and write scores and accumulate outputs row-major in float. Rows go in blocks of 16
-/// (AMX tile height); the caller pads the operands (zeros) to whole blocks and keeps padded rows out of its results.
+/// All read keys and values in the tiles of vnni_pack.hpp (B) and queries and weights row-major (A: bfloat16 for
+/// AMX and DotProducts, float for WidenProducts), and write scores and accumulate outputs row-major in float. Rows go
+/// in blocks of 16 (AMX tile height); the caller pads the operands (zeros) to whole blocks and keeps padded rows out of
+/// its results.
 ///
 ///   scores(w, kv, b0, b1, kt, tkp)      S[rows of blocks b0..b1, 0..tkp) = Q K^T for keys [kt, kt + tkp)
 ///   accumulate(w, kv, b0, b1, kt, tkp)  O[rows of blocks b0..b1, 0..dv_pad) += P V for the same keys
@@ -42,10 +45,10 @@ namespace attend::detail {
 
 /// The operands of one query tile, in the layouts above.
 struct Tile16Operands {
-  const std::uint16_t* q;  ///< [rows_pad x d_pad] bfloat16 bits, row stride d_pad (AMX)
+  const std::uint16_t* q;  ///< [rows_pad x d_pad] bfloat16 bits, row stride d_pad (AMX, DotProducts)
   const float* qf;         ///< [rows_pad x d_pad] the same queries in float (WidenProducts)
   float* s;                ///< [rows_pad x ld] scores
-  const std::uint16_t* p;  ///< [rows_pad x ld] weights, bfloat16 bits (AMX)
+  const std::uint16_t* p;  ///< [rows_pad x ld] weights, bfloat16 bits (AMX, DotProducts)
   const float* pf;         ///< [rows_pad x ld] weights in float, in place of the scores (WidenProducts)
   float* o;                ///< [rows_pad x dv_pad] unnormalized outputs
   Index ld;                ///< row stride of s and p: the widest key tile
@@ -249,6 +252,87 @@ struct WidenProducts {
           const __m512 pe = _mm512_set1_ps(p[0]), po = _mm512_set1_ps(p[1]);
           for (int j = 0; j < C; ++j)
             acc[i][j] = _mm512_fmadd_ps(po, odd[j], _mm512_fmadd_ps(pe, even[j], acc[i][j]));  // O += p v
+        }
+      }
+    }
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < C; ++j) _mm512_storeu_ps(w.o + (r + i) * kv.dv_pad + (c + j) * 16, acc[i][j]);
+  }
+};
+
+struct DotProducts {
+  static constexpr bool kFloatOperands = false;  ///< A operands in bfloat16: the weights are rounded, as for AMX
+  static void configure() {}
+  static void release() {}
+
+  ATTEND_TARGET_BF16 static void scores(const Tile16Operands& w, const VnniKeys& kv, Index b0, Index b1, Index kt,
+                                        Index tkp) {
+    const Index r1 = b1 * 16;
+    for (Index r = b0 * 16; r < r1; r += 8) scores_rows<8>(w, kv, r, kt, tkp);
+  }
+
+  ATTEND_TARGET_BF16 static void accumulate(const Tile16Operands& w, const VnniKeys& kv, Index b0, Index b1, Index kt,
+                                            Index tkp) {
+    const Index r1 = b1 * 16, cols = kv.dv_pad / 16;
+    for (Index r = b0 * 16; r < r1; r += 4) {
+      Index c = 0;
+      for (; c + 4 <= cols; c += 4) accumulate_rows<4, 4>(w, kv, r, c, kt, tkp);
+      for (; c < cols; ++c) accumulate_rows<4, 1>(w, kv, r, c, kt, tkp);
+    }
+  }
+
+ private:
+  // Two bfloat16 values of one A row (adjacent depth values or keys), broadcast to every lane as the pair
+  // vdpbf16ps multiplies with each lane's pair of the B row.
+  ATTEND_TARGET_BF16 static __m512bh pair(const std::uint16_t* a) {
+    std::int32_t bits;
+    std::memcpy(&bits, a, sizeof bits);
+    return (__m512bh)_mm512_set1_epi32(bits);
+  }
+  ATTEND_TARGET_BF16 static __m512bh row(const std::uint16_t* b) { return (__m512bh)_mm512_loadu_si512(b); }
+
+  // R rows against 32 keys (two vectors), over dim pairs: one vdpbf16ps per row, pair and 16 keys.
+  template <int R>
+  ATTEND_TARGET_BF16 static void scores_rows(const Tile16Operands& w, const VnniKeys& kv, Index r, Index kt,
+                                             Index tkp) {
+    for (Index n = 0; n < tkp / 16; n += 2) {
+      __m512 acc[R][2];
+      for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+      for (Index d = 0; d < kv.d_pad / 32; ++d) {
+        const std::uint16_t* k0 = kv.key_tile(kt / 16 + n, d);
+        const std::uint16_t* k1 = kv.key_tile(kt / 16 + n + 1, d);
+        for (int t = 0; t < 16; ++t) {
+          const __m512bh x0 = row(k0 + t * 32), x1 = row(k1 + t * 32);
+          for (int i = 0; i < R; ++i) {
+            const __m512bh q = pair(w.q + (r + i) * kv.d_pad + d * 32 + 2 * t);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], x0, q);  // S[r, keys] += q . k, two dims at a time
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], x1, q);
+          }
+        }
+      }
+      for (int i = 0; i < R; ++i) {
+        _mm512_storeu_ps(w.s + (r + i) * w.ld + n * 16, acc[i][0]);
+        _mm512_storeu_ps(w.s + (r + i) * w.ld + n * 16 + 16, acc[i][1]);
+      }
+    }
+  }
+
+  // R rows x C column blocks of 16, over key pairs: bfloat16 weights times bfloat16 values.
+  template <int R, int C>
+  ATTEND_TARGET_BF16 static void accumulate_rows(const Tile16Operands& w, const VnniKeys& kv, Index r, Index c,
+                                                 Index kt, Index tkp) {
+    __m512 acc[R][C];
+    for (int i = 0; i < R; ++i)
+      for (int j = 0; j < C; ++j) acc[i][j] = _mm512_loadu_ps(w.o + (r + i) * kv.dv_pad + (c + j) * 16);
+    for (Index m = 0; m < tkp / 32; ++m) {
+      const std::uint16_t* v[C];
+      for (int j = 0; j < C; ++j) v[j] = kv.value_tile(kt / 32 + m, c + j);
+      for (int t = 0; t < 16; ++t) {
+        __m512bh x[C];
+        for (int j = 0; j < C; ++j) x[j] = row(v[j] + t * 32);
+        for (int i = 0; i < R; ++i) {
+          const __m512bh p = pair(w.p + (r + i) * w.ld + m * 32 + 2 * t);
+          for (int j = 0; j < C; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], x[j], p);  // O += p v, two keys
         }
       }
     }
