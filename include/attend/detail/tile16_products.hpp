@@ -5,14 +5,14 @@
 ///
 ///   AmxProducts       AMX: 16 x 16 float C tiles += 16 x 32 A tiles (bfloat16) times 32 x 16 B tiles, one
 ///                     tdpbf16ps each, 2 x 2 C tiles per step so each A and B tile loaded serves two products.
-///   DotProducts       AVX512-BF16: each 64-byte row of a B tile (16 columns x 2 depth values) times a broadcast
-///                     pair of A values, one vdpbf16ps per row of A and 16 columns; register blocks of rows x
-///                     vectors. A in bfloat16, as for AMX.
-///   WidenProducts     AVX-512: each B row widened to two float vectors in registers (a shift and a mask), times
-///                     broadcast float A values, by fused multiply-adds. The A operands (queries, weights) stay in
-///                     float, so nothing beyond the inputs is rounded; twice the multiply instructions of
-///                     DotProducts, for the cores where vdpbf16ps issues at half the FMA rate (Bf16Products in
-///                     cpu.hpp chooses).
+///   DotProducts       AVX512-BF16 (VectorProducts<DotMultiply>): each 64-byte row of a B tile (16 columns x 2
+///                     depth values) times a broadcast pair of A values, one vdpbf16ps per row of A and 16 columns;
+///                     register blocks of rows x vectors. A in bfloat16, as for AMX.
+///   WidenProducts     AVX-512 (VectorProducts<WidenMultiply>): the same blocks, each B row widened to two float
+///                     vectors in registers (a shift and a mask), times broadcast float A values, by fused
+///                     multiply-adds. The A operands (queries, weights) stay in float, so nothing beyond the inputs
+///                     is rounded; twice the multiply instructions of DotProducts, for the cores where vdpbf16ps
+///                     issues at half the FMA rate (Bf16Products in cpu.hpp chooses).
 ///
 /// All read keys and values in the tiles of vnni_pack.hpp (B) and queries and weights row-major (A: bfloat16 for
 /// AMX and DotProducts, float for WidenProducts), and write scores and accumulate outputs row-major in float. Rows go
@@ -174,127 +174,81 @@ struct AmxProducts {
   }
 };
 
-struct WidenProducts {
+/// How the AVX-512 products multiply one 64-byte B tile row (16 columns x 2 depth values) by a pair of A values
+/// into a float accumulator of 16 columns: two policies for VectorProducts below.
+///
+///   WidenMultiply  the B row widened to two float vectors (the even depth values << 16, the odd ones masked), the
+///                  A pair as two broadcast floats, two fused multiply-adds. A in float: nothing is rounded.
+///   DotMultiply    the B row as it is, the A pair as one broadcast 32-bit lane of two bfloat16, one vdpbf16ps.
+///                  A in bfloat16, as for AMX.
+struct WidenMultiply {
   static constexpr bool kFloatOperands = true;
-  static void configure() {}
-  static void release() {}
-
-  ATTEND_TARGET_BF16 static void scores(const Tile16Operands& w, const VnniKeys& kv, Index b0, Index b1, Index kt,
-                                        Index tkp) {
-    const Index r1 = b1 * 16;
-    for (Index r = b0 * 16; r < r1; r += 8) scores_rows<8>(w, kv, r, kt, tkp);
+  struct Row {
+    __m512 even, odd;
+  };
+  struct Pair {
+    __m512 even, odd;
+  };
+  ATTEND_TARGET_BF16 static Row row(const std::uint16_t* b) {
+    const __m512i x = _mm512_loadu_si512(b);
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(x, 16)),
+            _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000u))))};
   }
-
-  ATTEND_TARGET_BF16 static void accumulate(const Tile16Operands& w, const VnniKeys& kv, Index b0, Index b1, Index kt,
-                                            Index tkp) {
-    const Index r1 = b1 * 16, cols = kv.dv_pad / 16;
-    for (Index r = b0 * 16; r < r1; r += 4) {
-      Index c = 0;
-      for (; c + 4 <= cols; c += 4) accumulate_rows<4, 4>(w, kv, r, c, kt, tkp);
-      for (; c < cols; ++c) accumulate_rows<4, 1>(w, kv, r, c, kt, tkp);
-    }
+  ATTEND_TARGET_BF16 static Pair pair(const float* a) { return {_mm512_set1_ps(a[0]), _mm512_set1_ps(a[1])}; }
+  ATTEND_TARGET_BF16 static __m512 madd(__m512 acc, const Row& b, const Pair& a) {
+    return _mm512_fmadd_ps(a.odd, b.odd, _mm512_fmadd_ps(a.even, b.even, acc));  // acc += a0 b0 + a1 b1
   }
-
- private:
-  // A 64-byte tile row holds 16 columns x 2 depth values: the even depth values widened to float (<< 16) and the
-  // odd ones (the high halves, masked).
-  ATTEND_TARGET_BF16 static void widen(const std::uint16_t* row, __m512& even, __m512& odd) {
-    const __m512i x = _mm512_loadu_si512(row);
-    even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
-    odd = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
-  }
-
-  // R rows against 32 keys (two vectors), over dim pairs: two fused multiply-adds per row and pair.
-  template <int R>
-  ATTEND_TARGET_BF16 static void scores_rows(const Tile16Operands& w, const VnniKeys& kv, Index r, Index kt,
-                                             Index tkp) {
-    for (Index n = 0; n < tkp / 16; n += 2) {
-      __m512 acc[R][2];
-      for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-      for (Index d = 0; d < kv.d_pad / 32; ++d) {
-        const std::uint16_t* k0 = kv.key_tile(kt / 16 + n, d);
-        const std::uint16_t* k1 = kv.key_tile(kt / 16 + n + 1, d);
-        for (int t = 0; t < 16; ++t) {
-          __m512 e0, o0, e1, o1;
-          widen(k0 + t * 32, e0, o0);
-          widen(k1 + t * 32, e1, o1);
-          for (int i = 0; i < R; ++i) {
-            const float* q = w.qf + (r + i) * kv.d_pad + d * 32 + 2 * t;
-            const __m512 qe = _mm512_set1_ps(q[0]), qo = _mm512_set1_ps(q[1]);
-            acc[i][0] = _mm512_fmadd_ps(qo, o0, _mm512_fmadd_ps(qe, e0, acc[i][0]));  // S[r, keys] += q . k
-            acc[i][1] = _mm512_fmadd_ps(qo, o1, _mm512_fmadd_ps(qe, e1, acc[i][1]));
-          }
-        }
-      }
-      for (int i = 0; i < R; ++i) {
-        _mm512_storeu_ps(w.s + (r + i) * w.ld + n * 16, acc[i][0]);
-        _mm512_storeu_ps(w.s + (r + i) * w.ld + n * 16 + 16, acc[i][1]);
-      }
-    }
-  }
-
-  // R rows x C column blocks of 16, over key pairs: float weights (never rounded on this path) times values
-  // widened from bfloat16.
-  template <int R, int C>
-  ATTEND_TARGET_BF16 static void accumulate_rows(const Tile16Operands& w, const VnniKeys& kv, Index r, Index c,
-                                                 Index kt, Index tkp) {
-    __m512 acc[R][C];
-    for (int i = 0; i < R; ++i)
-      for (int j = 0; j < C; ++j) acc[i][j] = _mm512_loadu_ps(w.o + (r + i) * kv.dv_pad + (c + j) * 16);
-    for (Index m = 0; m < tkp / 32; ++m) {
-      const std::uint16_t* v[C];
-      for (int j = 0; j < C; ++j) v[j] = kv.value_tile(kt / 32 + m, c + j);
-      for (int t = 0; t < 16; ++t) {
-        __m512 even[C], odd[C];
-        for (int j = 0; j < C; ++j) widen(v[j] + t * 32, even[j], odd[j]);
-        for (int i = 0; i < R; ++i) {
-          const float* p = w.pf + (r + i) * w.ld + m * 32 + 2 * t;
-          const __m512 pe = _mm512_set1_ps(p[0]), po = _mm512_set1_ps(p[1]);
-          for (int j = 0; j < C; ++j)
-            acc[i][j] = _mm512_fmadd_ps(po, odd[j], _mm512_fmadd_ps(pe, even[j], acc[i][j]));  // O += p v
-        }
-      }
-    }
-    for (int i = 0; i < R; ++i)
-      for (int j = 0; j < C; ++j) _mm512_storeu_ps(w.o + (r + i) * kv.dv_pad + (c + j) * 16, acc[i][j]);
-  }
+  static const float* queries(const Tile16Operands& w) { return w.qf; }
+  static const float* weights(const Tile16Operands& w) { return w.pf; }
 };
 
-struct DotProducts {
-  static constexpr bool kFloatOperands = false;  ///< A operands in bfloat16: the weights are rounded, as for AMX
-  static void configure() {}
-  static void release() {}
-
-  ATTEND_TARGET_BF16 static void scores(const Tile16Operands& w, const VnniKeys& kv, Index b0, Index b1, Index kt,
-                                        Index tkp) {
-    const Index r1 = b1 * 16;
-    for (Index r = b0 * 16; r < r1; r += 8) scores_rows<8>(w, kv, r, kt, tkp);
-  }
-
-  ATTEND_TARGET_BF16 static void accumulate(const Tile16Operands& w, const VnniKeys& kv, Index b0, Index b1, Index kt,
-                                            Index tkp) {
-    const Index r1 = b1 * 16, cols = kv.dv_pad / 16;
-    for (Index r = b0 * 16; r < r1; r += 4) {
-      Index c = 0;
-      for (; c + 4 <= cols; c += 4) accumulate_rows<4, 4>(w, kv, r, c, kt, tkp);
-      for (; c < cols; ++c) accumulate_rows<4, 1>(w, kv, r, c, kt, tkp);
-    }
-  }
-
- private:
-  // Two bfloat16 values of one A row (adjacent depth values or keys), broadcast to every lane as the pair
-  // vdpbf16ps multiplies with each lane's pair of the B row.
-  ATTEND_TARGET_BF16 static __m512bh pair(const std::uint16_t* a) {
+struct DotMultiply {
+  static constexpr bool kFloatOperands = false;
+  using Row = __m512bh;
+  using Pair = __m512bh;
+  ATTEND_TARGET_BF16 static Row row(const std::uint16_t* b) { return (__m512bh)_mm512_loadu_si512(b); }
+  ATTEND_TARGET_BF16 static Pair pair(const std::uint16_t* a) {
     std::int32_t bits;
     std::memcpy(&bits, a, sizeof bits);
     return (__m512bh)_mm512_set1_epi32(bits);
   }
-  ATTEND_TARGET_BF16 static __m512bh row(const std::uint16_t* b) { return (__m512bh)_mm512_loadu_si512(b); }
+  ATTEND_TARGET_BF16 static __m512 madd(__m512 acc, Row b, Pair a) {
+    return _mm512_dpbf16_ps(acc, b, a);  // acc += a0 b0 + a1 b1, exact products summed in float
+  }
+  static const std::uint16_t* queries(const Tile16Operands& w) { return w.q; }
+  static const std::uint16_t* weights(const Tile16Operands& w) { return w.p; }
+};
 
-  // R rows against 32 keys (two vectors), over dim pairs: one vdpbf16ps per row, pair and 16 keys.
+/// The AVX-512 products: register blocks of A rows x B vectors, each B tile row loaded once for the block's rows and
+/// each A pair once for the block's vectors, the multiply of the Multiply policy.
+template <class Multiply>
+struct VectorProducts {
+  static constexpr bool kFloatOperands = Multiply::kFloatOperands;
+  static void configure() {}
+  static void release() {}
+
+  ATTEND_TARGET_BF16 static void scores(const Tile16Operands& w, const VnniKeys& kv, Index b0, Index b1, Index kt,
+                                        Index tkp) {
+    const Index r1 = b1 * 16;
+    for (Index r = b0 * 16; r < r1; r += 8) scores_rows<8>(w, kv, r, kt, tkp);
+  }
+
+  ATTEND_TARGET_BF16 static void accumulate(const Tile16Operands& w, const VnniKeys& kv, Index b0, Index b1, Index kt,
+                                            Index tkp) {
+    const Index r1 = b1 * 16, cols = kv.dv_pad / 16;
+    for (Index r = b0 * 16; r < r1; r += 4) {
+      Index c = 0;
+      for (; c + 4 <= cols; c += 4) accumulate_rows<4, 4>(w, kv, r, c, kt, tkp);
+      for (; c < cols; ++c) accumulate_rows<4, 1>(w, kv, r, c, kt, tkp);
+    }
+  }
+
+ private:
+  // R rows against 32 keys (two vectors), over dim pairs.
   template <int R>
   ATTEND_TARGET_BF16 static void scores_rows(const Tile16Operands& w, const VnniKeys& kv, Index r, Index kt,
                                              Index tkp) {
+    const auto* q = Multiply::queries(w);
     for (Index n = 0; n < tkp / 16; n += 2) {
       __m512 acc[R][2];
       for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
@@ -302,11 +256,11 @@ struct DotProducts {
         const std::uint16_t* k0 = kv.key_tile(kt / 16 + n, d);
         const std::uint16_t* k1 = kv.key_tile(kt / 16 + n + 1, d);
         for (int t = 0; t < 16; ++t) {
-          const __m512bh x0 = row(k0 + t * 32), x1 = row(k1 + t * 32);
+          const typename Multiply::Row x0 = Multiply::row(k0 + t * 32), x1 = Multiply::row(k1 + t * 32);
           for (int i = 0; i < R; ++i) {
-            const __m512bh q = pair(w.q + (r + i) * kv.d_pad + d * 32 + 2 * t);
-            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], x0, q);  // S[r, keys] += q . k, two dims at a time
-            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], x1, q);
+            const typename Multiply::Pair a = Multiply::pair(q + (r + i) * kv.d_pad + d * 32 + 2 * t);
+            acc[i][0] = Multiply::madd(acc[i][0], x0, a);  // S[r, keys] += q . k, two dims at a time
+            acc[i][1] = Multiply::madd(acc[i][1], x1, a);
           }
         }
       }
@@ -317,10 +271,11 @@ struct DotProducts {
     }
   }
 
-  // R rows x C column blocks of 16, over key pairs: bfloat16 weights times bfloat16 values.
+  // R rows x C column blocks of 16, over key pairs.
   template <int R, int C>
   ATTEND_TARGET_BF16 static void accumulate_rows(const Tile16Operands& w, const VnniKeys& kv, Index r, Index c,
                                                  Index kt, Index tkp) {
+    const auto* p = Multiply::weights(w);
     __m512 acc[R][C];
     for (int i = 0; i < R; ++i)
       for (int j = 0; j < C; ++j) acc[i][j] = _mm512_loadu_ps(w.o + (r + i) * kv.dv_pad + (c + j) * 16);
@@ -328,11 +283,11 @@ struct DotProducts {
       const std::uint16_t* v[C];
       for (int j = 0; j < C; ++j) v[j] = kv.value_tile(kt / 32 + m, c + j);
       for (int t = 0; t < 16; ++t) {
-        __m512bh x[C];
-        for (int j = 0; j < C; ++j) x[j] = row(v[j] + t * 32);
+        typename Multiply::Row x[C];
+        for (int j = 0; j < C; ++j) x[j] = Multiply::row(v[j] + t * 32);
         for (int i = 0; i < R; ++i) {
-          const __m512bh p = pair(w.p + (r + i) * w.ld + m * 32 + 2 * t);
-          for (int j = 0; j < C; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], x[j], p);  // O += p v, two keys
+          const typename Multiply::Pair a = Multiply::pair(p + (r + i) * w.ld + m * 32 + 2 * t);
+          for (int j = 0; j < C; ++j) acc[i][j] = Multiply::madd(acc[i][j], x[j], a);  // O += p v, two keys
         }
       }
     }
@@ -340,6 +295,9 @@ struct DotProducts {
       for (int j = 0; j < C; ++j) _mm512_storeu_ps(w.o + (r + i) * kv.dv_pad + (c + j) * 16, acc[i][j]);
   }
 };
+
+using WidenProducts = VectorProducts<WidenMultiply>;
+using DotProducts = VectorProducts<DotMultiply>;
 
 }  // namespace attend::detail
 
