@@ -119,17 +119,19 @@ inline Bf16Path env_path_cap() {
   return cap;
 }
 
-/// A cap set by the program (tests): -1 for none.
-inline std::atomic<int>& path_override() {
+/// The program's choice of a `Choice` (Bf16Path's cap, Bf16Products), set by tests and benchmarks: -1 for none.
+/// One slot per enum, so each setter and its reset read the same way.
+template <class Choice>
+std::atomic<int>& override_slot() {
   static std::atomic<int> p{-1};
   return p;
 }
 
 /// Caps the 16-bit path at `p` for the rest of the process (or until called again); no effect on paths the
 /// machine lacks. For tests and benchmarks that compare paths.
-inline void set_bf16_path(Bf16Path p) { path_override().store(static_cast<int>(p)); }
+inline void set_bf16_path(Bf16Path p) { override_slot<Bf16Path>().store(static_cast<int>(p)); }
 /// Removes the cap of set_bf16_path() (ATTEND_BF16_PATH still applies).
-inline void reset_bf16_path() { path_override().store(-1); }
+inline void reset_bf16_path() { override_slot<Bf16Path>().store(-1); }
 
 /// How the avx512bf16 path multiplies the 16-bit prefill tiles: bfloat16 pairs widened to float, then FMA (the
 /// weights stay float), or vdpbf16ps on the pairs as they are (the weights rounded to bfloat16, as on AMX). One
@@ -152,28 +154,22 @@ inline Bf16Products env_products() {
   return p;
 }
 
-/// A choice set by the program (tests): -1 for none.
-inline std::atomic<int>& products_override() {
-  static std::atomic<int> p{-1};
-  return p;
-}
-
 /// Sets the avx512bf16 path's prefill products for the rest of the process (or until called again); for tests and
 /// benchmarks that compare them.
-inline void set_bf16_products(Bf16Products p) { products_override().store(static_cast<int>(p)); }
+inline void set_bf16_products(Bf16Products p) { override_slot<Bf16Products>().store(static_cast<int>(p)); }
 /// Removes the choice of set_bf16_products() (ATTEND_BF16_PRODUCTS and the vendor decide again).
-inline void reset_bf16_products() { products_override().store(-1); }
+inline void reset_bf16_products() { override_slot<Bf16Products>().store(-1); }
 
 /// The products the avx512bf16 path's prefill tiles take now.
 inline Bf16Products bf16_products_now() {
-  const int o = products_override().load(std::memory_order_relaxed);
+  const int o = override_slot<Bf16Products>().load(std::memory_order_relaxed);
   return o >= 0 ? static_cast<Bf16Products>(o) : env_products();
 }
 
 /// The path the 16-bit kernels take now.
 inline Bf16Path bf16_path_now() {
   Bf16Path cap = env_path_cap();
-  const int o = path_override().load(std::memory_order_relaxed);
+  const int o = override_slot<Bf16Path>().load(std::memory_order_relaxed);
   if (o >= 0 && o < static_cast<int>(cap)) cap = static_cast<Bf16Path>(o);
   if (cap == Bf16Path::amx && cpu().amx && amx_permitted()) return Bf16Path::amx;
   if (cap >= Bf16Path::avx512bf16 && cpu().avx512bf16) return Bf16Path::avx512bf16;

@@ -63,16 +63,12 @@ class PrefillTiles {
         // 16-bit queries, keys and values: the tile products on AMX or AVX512-BF16 (tile16_mainloop.hpp).
         if (!tile16_ws_) tile16_ws_.emplace(rows_, keys_, d_, dv_);
         if (vnni_.group != source) vnni_.pack(kv, source);
-        if (path16_.path == Bf16Path::amx) {
-          Tile16<T, S, AmxProducts> tile(pb, kv, vnni_, g, p0, p1, *tile16_ws_);
-          attend_tile(tile, 32, key_tile, tiles_.cut_keys());
-        } else if (path16_.products == Bf16Products::dot) {
-          Tile16<T, S, DotProducts> tile(pb, kv, vnni_, g, p0, p1, *tile16_ws_);
-          attend_tile(tile, 32, key_tile, tiles_.cut_keys());
-        } else {
-          Tile16<T, S, WidenProducts> tile(pb, kv, vnni_, g, p0, p1, *tile16_ws_);
-          attend_tile(tile, 32, key_tile, tiles_.cut_keys());
-        }
+        if (path16_.path == Bf16Path::amx)
+          run16<AmxProducts>(pb, kv, g, p0, p1, key_tile);
+        else if (path16_.products == Bf16Products::dot)
+          run16<DotProducts>(pb, kv, g, p0, p1, key_tile);
+        else
+          run16<WidenProducts>(pb, kv, g, p0, p1, key_tile);
         store_tile_rows(pb, g, p0, p1, tile16_ws_->rows, tile16_ws_->lse, out, lse);
       }
 #endif
@@ -91,6 +87,15 @@ class PrefillTiles {
   }
 
  private:
+#if defined(ATTEND_X86_DISPATCH)
+  /// One 16-bit tile whose two products (S = QK^T, O += PV) take `Products`: the path decides only the instructions.
+  template <class Products>
+  void run16(const Problem<T, S>& pb, const GroupKeys<S>& kv, Index g, Index p0, Index p1, Index key_tile) {
+    Tile16<T, S, Products> tile(pb, kv, vnni_, g, p0, p1, *tile16_ws_);
+    attend_tile(tile, 32, key_tile, tiles_.cut_keys());
+  }
+#endif
+
   Index rows_, keys_, d_, dv_;
   const Tiles& tiles_;
   Path16 path16_;
