@@ -16,9 +16,10 @@ each round one pass of --benchmark_filter with --benchmark_min_time, so a host w
 puts the drift into both columns rather than into their ratio. The table gives, per benchmark present in both,
 the median and the smallest real time of each program over its rounds, new / old of both, and the spread
 (largest minus smallest over the median) of each, so that a ratio can be read against the noise. On a shared host
-whose neighbours only ever slow a run down, the smallest time is the steadier estimate of what the code costs. Benchmarks only one program has are listed with
-that program's median alone (NEW_FILTER adds benchmarks to the new program's runs, e.g. the modifiers on, whose
-ratios to the modifiers off come from the same rounds).
+whose neighbours only ever slow a run down, the smallest time is the steadier estimate of what the code costs.
+Benchmarks only one program has are listed with that program's columns alone (--new-filter adds benchmarks to the
+new program's runs, e.g. the modifiers on, whose ratios to the modifiers off come from the same rounds). Each run
+goes through bench_report.py's run_program(), and rows a program skipped with an error are left out, as there.
 
 Options:
   old, new         the two benchmark binaries
@@ -33,25 +34,20 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 
+from bench_report import TO_MS, run_program  # scripts/ is on the path: it holds this script
 
-def run(binary, bench_filter, min_time, threads):
+
+def run(binary, bench_filter, min_time, threads, json_path):
     """One pass of `binary` over `bench_filter`: {benchmark name: real time in ms}."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as out:
-        path = out.name
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    subprocess.run([binary, f"--benchmark_filter={bench_filter}", f"--benchmark_min_time={min_time}",
-                    f"--benchmark_out={path}", "--benchmark_out_format=json"],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
-    with open(path) as f:
+    run_program(binary, threads, [f"--benchmark_filter={bench_filter}", f"--benchmark_min_time={min_time}"],
+                json_path)
+    with open(json_path) as f:
         data = json.load(f)
-    os.unlink(path)
-    scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
-    return {b["name"]: b["real_time"] * scale[b["time_unit"]] for b in data["benchmarks"]
-            if b.get("run_type", "iteration") == "iteration"}
+    return {b["name"]: b["real_time"] * TO_MS[b.get("time_unit", "ns")] for b in data["benchmarks"]
+            if b.get("run_type", "iteration") == "iteration" and not b.get("error_occurred")}
 
 
 def spread(times):
@@ -71,14 +67,16 @@ def main():
     new_filter = args.new_filter or args.filter
 
     old, new = {}, {}
-    for r in range(args.rounds):
-        order = [("old", args.old, args.filter, old), ("new", args.new, new_filter, new)]
-        if r % 2:
-            order.reverse()
-        for label, binary, bench_filter, times in order:
-            print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
-            for name, ms in run(binary, bench_filter, args.min_time, args.threads).items():
-                times.setdefault(name, []).append(ms)
+    with tempfile.TemporaryDirectory() as json_dir:
+        json_path = os.path.join(json_dir, "run.json")
+        for r in range(args.rounds):
+            order = [("old", args.old, args.filter, old), ("new", args.new, new_filter, new)]
+            if r % 2:
+                order.reverse()
+            for label, binary, bench_filter, times in order:
+                print(f"round {r + 1}/{args.rounds}: {label}", file=sys.stderr, flush=True)
+                for name, ms in run(binary, bench_filter, args.min_time, args.threads, json_path).items():
+                    times.setdefault(name, []).append(ms)
 
     print(f"{args.rounds} alternating rounds, OMP_NUM_THREADS={args.threads}, "
           f"--benchmark_min_time={args.min_time}; real time in ms\n")

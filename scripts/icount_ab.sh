@@ -10,7 +10,7 @@
 # shape below, two at a time. Prints a Markdown table: instructions at each commit, new / old, and whether the
 # results' bits are equal; then, for a NEW tree with Options::sinks and alibi_slopes, each modifier's
 # instructions against the same call without it. Needs valgrind (Debian: apt-get install -y valgrind).
-# About 15 minutes on the 2-core development machine.
+# About 11 minutes on the 2-core development machine.
 set -euo pipefail
 
 old_rev=${1:?usage: icount_ab.sh OLD_REV [NEW_REV]}
@@ -70,8 +70,12 @@ export work
   fi
 } | xargs -P2 -L1 bash -c 'run_one "$@"' _ > "$work/results"
 
-count() { awk -F'|' -v t="$1" -v s="$2" -v m="$3" '$1 == t && $2 == s && $3 == m { print $4 }' "$work/results"; }
-hash() { awk -F'|' -v t="$1" -v s="$2" -v m="$3" '$1 == t && $2 == s && $3 == m { print $5 }' "$work/results"; }
+# field COLUMN TAG SHAPE MOD: column 4 (instructions) or 5 (the result's hash) of that run's line of results
+field() {
+  awk -F'|' -v c="$1" -v t="$2" -v s="$3" -v m="$4" '$1 == t && $2 == s && $3 == m { print $c }' "$work/results"
+}
+count() { field 4 "$@"; }
+hash() { field 5 "$@"; }
 echo "Instructions of one call (callgrind, g++ -O3 -march=haswell), ${old_rev} against ${new_rev:-the work tree}"
 echo
 echo "| Lq Lk d H G causal | old | new | new / old | same bits |"

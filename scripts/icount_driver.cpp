@@ -14,7 +14,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 
 #include "attend/attend.hpp"
 
@@ -31,6 +30,8 @@ int main(int argc, char** argv) {
   attend::Options options;
   if (causal) options.mask = attend::Mask::causal();
 #ifdef ATTEND_ICOUNT_MODS
+  // bench::modifiers() of bench/bench_common.hpp, written out: that header needs Google Benchmark, and an old tree
+  // without the modifiers could not compile its body.
   if (mod & 1)
     for (int h = 0; h < H; ++h) options.sinks.push_back(-1.0 + 2.0 * h / std::max(1, H - 1));
   if (mod & 2) options.alibi_slopes = attend::geometric_alibi_slopes(H);
