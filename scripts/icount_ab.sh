@@ -9,8 +9,9 @@
 # AVX2/FMA build of the same source) and runs it under `valgrind --tool=callgrind --instr-atstart=no` for each
 # shape below, two at a time. Prints a Markdown table: instructions at each commit, new / old, and whether the
 # results' bits are equal; then, for a NEW tree with Options::sinks and alibi_slopes, each modifier's
-# instructions against the same call without it. Needs valgrind (Debian: apt-get install -y valgrind).
-# About 11 minutes on the 2-core development machine.
+# instructions against the same call without it, and when OLD has them too, each modifier's new / old. Needs
+# valgrind (Debian: apt-get install -y valgrind). About 11 minutes on the 2-core development machine (one tree
+# with the modifiers), 15 when both have them.
 set -euo pipefail
 
 old_rev=${1:?usage: icount_ab.sh OLD_REV [NEW_REV]}
@@ -65,9 +66,11 @@ export work
     echo "old $s 0"
     echo "new $s 0"
   done
-  if [[ -f $work/new/has_mods ]]; then
-    for s in "${mod_shapes[@]}"; do for m in 1 2 3; do echo "new $s $m"; done; done
-  fi
+  for tag in old new; do
+    if [[ -f $work/$tag/has_mods ]]; then
+      for s in "${mod_shapes[@]}"; do for m in 1 2 3; do echo "$tag $s $m"; done; done
+    fi
+  done
 } | xargs -P2 -L1 bash -c 'run_one "$@"' _ > "$work/results"
 
 # field COLUMN TAG SHAPE MOD: column 4 (instructions) or 5 (the result's hash) of that run's line of results
@@ -96,6 +99,21 @@ if [[ -f $work/new/has_mods ]]; then
     for m in 1 2 3; do
       c=$(count new "$s" "$m")
       row+=" | $c | $(awk -v o="$off" -v n="$c" 'BEGIN { printf "%+.2f%%", 100 * (n / o - 1) }')"
+    done
+    echo "$row |"
+  done
+fi
+if [[ -f $work/old/has_mods && -f $work/new/has_mods ]]; then
+  echo
+  echo "Modifiers on, ${old_rev} against ${new_rev:-the work tree} (new / old)"
+  echo
+  echo "| Lq Lk d H G causal | sinks | ALiBi | both |"
+  echo "|---|---:|---:|---:|"
+  for s in "${mod_shapes[@]}"; do
+    row="| $s"
+    for m in 1 2 3; do
+      o=$(count old "$s" "$m") n=$(count new "$s" "$m")
+      row+=" | $(awk -v o="$o" -v n="$n" 'BEGIN { printf "%.4f", n / o }')"
     done
     echo "$row |"
   done

@@ -83,6 +83,31 @@ TYPED_TEST(SinksAlibi, DiagonalsFarBeyondTheKeysMatchTheReference) {
     }
 }
 
+// A bias together with ALiBi and a sink, with and without a softcap: without one the terms are the product's
+// starting values (ScoreTransform::terms_before_product()), with one they follow the cap; both match the reference,
+// a bias whose -inf entries hide keys included, on prefill tiles, cut tiles and a decode.
+TYPED_TEST(SinksAlibi, ABiasWithAlibiMatchesTheReferenceWithAndWithoutASoftcap) {
+  using T = TypeParam;
+  std::mt19937 rng(75);
+  for (auto [lq, lk] : {std::pair<Index, Index>{300, 300}, {70, 500}, {1, 3000}})
+    for (const Mask& m : kMasks)
+      for (double softcap : {0.0, 4.0}) {
+        Options o;
+        o.mask = m;
+        o.softcap = softcap;
+        o.alibi_slopes = {0.25};
+        o.sinks = {0.5};
+        const auto q = random_matrix<T>(lq, 32, rng), k = random_matrix<T>(lk, 32, rng);
+        const auto v = random_matrix<T>(lk, 16, rng);
+        Matrix<T> bias = random_matrix<T>(lq, lk, rng);
+        for (Index i = 0; i < lq; ++i) bias(i, (7 * i) % lk) = -std::numeric_limits<T>::infinity();
+        const Matrix<double> bias_d = bias.template cast<double>();
+        const auto got = attend::scaled_dot_product_attention(q, k, v, bias, o);
+        const auto want = attend::reference::scaled_dot_product_attention_with_lse(q, k, v, o, &bias_d);
+        ASSERT_LE(max_abs_diff(got, want.out), tolerance<T>()) << lq << "x" << lk << " " << m << " cap " << softcap;
+      }
+}
+
 TYPED_TEST(SinksAlibi, ApplySinksOfAMergeEqualsOneCallWithSinks) {
   using T = TypeParam;
   std::mt19937 rng(71);

@@ -209,17 +209,21 @@ T log_sum_exp(T m, T l) {
 /// their parts without the sink, merge them, and apply it once. A row that saw no key (lse = -inf) stays zero with
 /// lse' = sink; NaN stays NaN.
 ///
-/// sink_row() gives the factor and the new lse; apply_sink() applies them in place.
+/// sink_row() gives the factor and the new lse (sink_factor() the factor alone, one exponential where the new lse
+/// takes three and a logarithm more); apply_sink() applies them in place.
 template <class T>
 struct Sunk {
   T factor;  ///< 1 / (1 + exp(sink - lse)), what the row's output is multiplied by
   T lse;     ///< log(exp(lse) + exp(sink))
 };
 template <class T>
+T sink_factor(T lse, T sink) {
+  return T(1) / (T(1) + std::exp(sink - lse));  // out' = out / (1 + exp(sink - lse))
+}
+template <class T>
 Sunk<T> sink_row(T lse, T sink) {
   const T hi = std::max(lse, sink);
-  return {T(1) / (T(1) + std::exp(sink - lse)),                      // out' = out / (1 + exp(sink - lse))
-          hi + std::log(std::exp(lse - hi) + std::exp(sink - hi))};  // log(exp(lse) + exp(sink)), shifted
+  return {sink_factor(lse, sink), hi + std::log(std::exp(lse - hi) + std::exp(sink - hi))};  // log(e^lse + e^sink)
 }
 
 /// apply_sink() in place on a row and its lse.

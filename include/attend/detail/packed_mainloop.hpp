@@ -245,22 +245,30 @@ class PackedTile {
     };
 
     // S = Q K^T: panel (i, h) is the column-major h x tk block at s + i * tk, exactly where packing P would put it.
+    // The product adds to what the panel holds: zeros, or the additive terms of the score transform when no softcap
+    // comes before them (ScoreTransform::terms_before_product()), which then cost no pass of their own.
     C* const s = ws_.panels.data();
+    const bool terms_first = transform_.terms_before_product();
+    const auto positions = [&](Index row) { return [&, row](Index r) { return tile_.position(row + r); }; };
     Gemm::for_each_panel(rows, [&](Index i, Index h) {
-      std::fill_n(s + i * tk, h * tk, C(0));
-      Gemm::multiply_add(s + i * tk, h, q + i * d, k, h, d, seen(i, h));
+      const Index row = r0 + i;
+      if (terms_first)  // s = bias - m |i + D - j|
+        transform_.template panel_start<Gemm::mr>(s + i * tk, h, kt, tk, positions(row), ws_.alibi_slope.data() + row,
+                                                  ws_.alibi_diagonal.data() + row);
+      else
+        std::fill_n(s + i * tk, h * tk, C(0));
+      Gemm::multiply_add(s + i * tk, h, q + i * d, k, h, d, seen(i, h));  // s += scale q . k
     });
-    // The score transform: softcap over the whole tile, then bias and ALiBi panel by panel, each panel's terms just
-    // before its softmax step, so the step reads the panel while it is still in L1 (the whole tile of scores is
-    // an L2-sized working set, and a separate pass over it for the terms is one more trip through L2).
+    // Otherwise the score transform: softcap over the whole tile, then bias and ALiBi panel by panel, each panel's
+    // terms just before its softmax step, so the step reads the panel while it is still in L1 (the whole tile of
+    // scores is an L2-sized working set, and a separate pass over it for the terms is one more trip through L2).
     transform_.cap(Eigen::Map<Eigen::Array<C, Eigen::Dynamic, 1>>(s, rows * tk));
     // The terms, the mask and the online-softmax step.
     Gemm::for_each_panel(rows, [&](Index i, Index h) {
       const Index row = r0 + i;
-      if (transform_.has_terms())
-        transform_.template panel_terms<Gemm::mr>(
-            s + i * tk, h, kt, tk, [&](Index r) { return tile_.position(row + r); }, ws_.alibi_slope.data() + row,
-            ws_.alibi_diagonal.data() + row);
+      if (transform_.has_terms() && !terms_first)
+        transform_.template panel_terms<Gemm::mr>(s + i * tk, h, kt, tk, positions(row), ws_.alibi_slope.data() + row,
+                                                  ws_.alibi_diagonal.data() + row);
       online_softmax::panel_step<Gemm::mr>(s + i * tk, h, tk, ws_.max.data() + row, ws_.sum.data() + row,
                                            lo ? lo + i : nullptr, lo ? hi + i : nullptr, transform_.score_kind(),
                                            [&](const auto& alpha) {  // acc' = alpha acc

@@ -72,6 +72,31 @@ class ScoreTransform {
     }
   }
 
+  /// Whether the additive terms may be a product's starting values: s = terms, then s += scale (q . k). With no
+  /// softcap between the product and the terms that is the same sum (rounded once more: the terms are rounded
+  /// before the product joins them), and it spares the panel a pass of its own: the same arithmetic as
+  /// panel_terms() after the product, less one load and one store per score.
+  bool terms_before_product() const { return has_terms() && !(softcap_ > 0); }
+
+  /// The terms of a column-major panel as panel_terms() adds them (same arguments), written as the panel's starting
+  /// values: s[j * h + r] = bias(i, kt + j) - m_h |i + D - (kt + j)| for row r at query position i = position_of(r).
+  template <int kMaxRows, class PositionOf>
+  void panel_start(C* s, Index h, Index kt, Index tk, PositionOf&& position_of, const C* slope,
+                   const double* diagonal) const {
+    ATTEND_DASSERT(terms_before_product(), "terms start a product only without a softcap");
+    if (bias_)
+      for (Index r = 0; r < h; ++r) {
+        const T* b = bias_->row(position_of(r)).data() + kt;
+        for (Index j = 0; j < tk; ++j) s[j * h + r] = static_cast<C>(b[j]);
+      }
+    if (!alibi_) return;
+    // s = bias - m_h |i + D - j|, or 0 - m_h |i + D - j| (one negated multiply-add either way)
+    if (bias_)
+      alibi_panel<kMaxRows>(s, h, kt, tk, slope, diagonal, [](C& x, C penalty) { x -= penalty; });
+    else
+      alibi_panel<kMaxRows>(s, h, kt, tk, slope, diagonal, [](C& x, C penalty) { x = C(0) - penalty; });
+  }
+
   /// add_terms() on a column-major panel of h rows by tk keys (s[j * h + r]) of keys [kt, kt + tk): the bias of
   /// row r at query position position_of(r), then ALiBi with the rows' constants from alibi_rows(). ALiBi runs
   /// across the panel's rows, which are contiguous in this layout: each key's column is one short vector
@@ -85,15 +110,9 @@ class ScoreTransform {
         for (Index j = 0; j < tk; ++j) s[j * h + r] += static_cast<C>(b[j]);
       }
     if (!alibi_) return;
-    ATTEND_DASSERT(h <= kMaxRows, "a panel holds at most kMaxRows rows");
-    C key0[kMaxRows];
-    for (Index r = 0; r < h; ++r) key0[r] = C(diagonal[r] - double(kt));  // see diagonal_key()
-    // A zero slope subtracts 0 * distance = 0: the scores keep their values, as add_terms() skipping that row.
-    for (Index j = 0; j < tk; ++j) {
-      C* column = s + j * h;
-      const C cj = C(j);
-      for (Index r = 0; r < h; ++r) column[r] -= slope[r] * std::abs(key0[r] - cj);  // -m_h |i + D - j|
-    }
+    // s = s - m_h |i + D - j|. A zero slope subtracts 0 * distance = 0: the scores keep their values, as
+    // add_terms() skipping that row.
+    alibi_panel<kMaxRows>(s, h, kt, tk, slope, diagonal, [](C& x, C penalty) { x -= penalty; });
   }
 
   /// cap() and add_terms() on a row-major block of scores (an Eigen block or matrix, rows x tk): row r is query
@@ -112,6 +131,20 @@ class ScoreTransform {
   // every distance |i + D - kt - j| are integers C holds exactly; beyond, rounding it to C errs by half an ulp of
   // the penalty, the size of the rounding s - m |i + D - j| already has at that magnitude.
   C diagonal_key(Index position, Index kt) const { return C(double(position) + double(alibi_diagonal_) - double(kt)); }
+
+  // apply(s[j * h + r], m_r |i_r + D - (kt + j)|) over a column-major panel of h <= kMaxRows rows by tk keys, with
+  // the rows' constants from alibi_rows(). Each key's column is one short vector operation across the rows.
+  template <int kMaxRows, class Apply>
+  static void alibi_panel(C* s, Index h, Index kt, Index tk, const C* slope, const double* diagonal, Apply&& apply) {
+    ATTEND_DASSERT(h <= kMaxRows, "a panel holds at most kMaxRows rows");
+    C key0[kMaxRows];
+    for (Index r = 0; r < h; ++r) key0[r] = C(diagonal[r] - double(kt));  // see diagonal_key()
+    for (Index j = 0; j < tk; ++j) {
+      C* column = s + j * h;
+      const C cj = C(j);
+      for (Index r = 0; r < h; ++r) apply(column[r], slope[r] * std::abs(key0[r] - cj));  // m_h |i + D - j|
+    }
+  }
 
   // s_j -= slope_head |position + D - (kt + j)| for j < tk: in C, so the loop vectorizes.
   void alibi_terms(C* s, Index position, Index head, Index kt, Index tk) const {
