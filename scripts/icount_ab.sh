@@ -12,8 +12,8 @@
 # instructions against the same call without it, and when OLD has them too, each modifier's new / old. Needs
 # valgrind (Debian: apt-get install -y valgrind). About 11 minutes on the 2-core development machine (one tree
 # with the modifiers), about 18 when both have them. Callgrind counts each byte a `rep stosb` memset stores as one
-# instruction (100 MB of memset: 106M instructions), so a change that adds or removes a memset moves these counts far
-# more than its time.
+# instruction (docs/kernel-notes.md), so a change that adds or removes a memset moves these counts far more than
+# its time.
 set -euo pipefail
 
 old_rev=${1:?usage: icount_ab.sh OLD_REV [NEW_REV]}

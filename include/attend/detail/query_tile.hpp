@@ -113,10 +113,10 @@ void store_row(const Problem<T, S>& pb, Index p, Index h, const Row& row, accumu
       narrow(row.data(), dst.data(), pb.dv);  // convert16.hpp: vectorized, where Eigen's cast is not
     else
       dst = row.template cast<T>();
-  } else if (!lse) {
-    dst = (row * online_softmax::sink_factor(row_lse, pb.sinks[h])).template cast<T>();
-  } else {
-    const auto sunk = online_softmax::sink_row(row_lse, pb.sinks[h]);
+  } else {  // the factor alone when no lse is wanted: the new lse takes three exponentials and a logarithm more
+    const auto sunk =
+        lse ? online_softmax::sink_row(row_lse, pb.sinks[h])
+            : online_softmax::Sunk<accumulator_t<T>>{online_softmax::sink_factor(row_lse, pb.sinks[h]), row_lse};
     dst = (row * sunk.factor).template cast<T>();
     row_lse = sunk.lse;
   }

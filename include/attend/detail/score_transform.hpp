@@ -84,11 +84,7 @@ class ScoreTransform {
   void panel_start(C* s, Index h, Index kt, Index tk, PositionOf&& position_of, const C* slope,
                    const double* diagonal) const {
     ATTEND_DASSERT(terms_before_product(), "terms start a product only without a softcap");
-    if (bias_)
-      for (Index r = 0; r < h; ++r) {
-        const T* b = bias_->row(position_of(r)).data() + kt;
-        for (Index j = 0; j < tk; ++j) s[j * h + r] = static_cast<C>(b[j]);
-      }
+    if (bias_) panel_bias</*kAssign=*/true>(s, h, kt, tk, position_of);
     if (!alibi_) return;
     // s = bias - m_h |i + D - j|, or 0 - m_h |i + D - j| (one negated multiply-add either way)
     if (bias_)
@@ -104,11 +100,7 @@ class ScoreTransform {
   template <int kMaxRows, class PositionOf>
   void panel_terms(C* s, Index h, Index kt, Index tk, PositionOf&& position_of, const C* slope,
                    const double* diagonal) const {
-    if (bias_)
-      for (Index r = 0; r < h; ++r) {
-        const T* b = bias_->row(position_of(r)).data() + kt;
-        for (Index j = 0; j < tk; ++j) s[j * h + r] += static_cast<C>(b[j]);
-      }
+    if (bias_) panel_bias</*kAssign=*/false>(s, h, kt, tk, position_of);
     if (!alibi_) return;
     // s = s - m_h |i + D - j|. A zero slope subtracts 0 * distance = 0: the scores keep their values, as
     // add_terms() skipping that row.
@@ -131,6 +123,20 @@ class ScoreTransform {
   // every distance |i + D - kt - j| are integers C holds exactly; beyond, rounding it to C errs by half an ulp of
   // the penalty, the size of the rounding s - m |i + D - j| already has at that magnitude.
   C diagonal_key(Index position, Index kt) const { return C(double(position) + double(alibi_diagonal_) - double(kt)); }
+
+  // s[j * h + r] = bias(position_of(r), kt + j) (kAssign) or += it, over a column-major panel of h rows by tk keys.
+  template <bool kAssign, class PositionOf>
+  void panel_bias(C* s, Index h, Index kt, Index tk, PositionOf&& position_of) const {
+    for (Index r = 0; r < h; ++r) {
+      const T* b = bias_->row(position_of(r)).data() + kt;
+      for (Index j = 0; j < tk; ++j) {
+        if constexpr (kAssign)
+          s[j * h + r] = static_cast<C>(b[j]);
+        else
+          s[j * h + r] += static_cast<C>(b[j]);
+      }
+    }
+  }
 
   // apply(s[j * h + r], m_r |i_r + D - (kt + j)|) over a column-major panel of h <= kMaxRows rows by tk keys, with
   // the rows' constants from alibi_rows(). Each key's column is one short vector operation across the rows.
