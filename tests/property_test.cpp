@@ -114,7 +114,7 @@ Options random_options(Rng& r, Index lk) {
   return o;
 }
 
-std::string describe(const Options& o) {
+std::string describe_options(const Options& o) {
   std::ostringstream os;
   os << "mask " << o.mask << ", scale ";
   if (o.scale)
@@ -154,8 +154,8 @@ struct KernelCase {
   std::string describe() const {
     std::ostringstream os;
     os << "lq " << lq << ", lk " << lk << ", d " << d << ", dv " << dv << ", heads " << heads.query << "/" << heads.kv
-       << ", " << ::describe(options) << ", bias " << (has_bias ? "yes" : "no") << ", tiles " << tiles.queries() << "x"
-       << tiles.keys() << " chunk " << tiles.decode_chunk();
+       << ", " << describe_options(options) << ", bias " << (has_bias ? "yes" : "no") << ", tiles " << tiles.queries()
+       << "x" << tiles.keys() << " chunk " << tiles.decode_chunk();
     return os.str();
   }
 };
@@ -521,7 +521,7 @@ TYPED_TEST(Property, MultiHeadAttentionLayersMatchTheirDoubleCopy) {
     SCOPED_TRACE("seed " + std::to_string(seed) + " (case " + std::to_string(i) + "): d_model " +
                  std::to_string(d_model) + ", heads " + std::to_string(heads) + "/" + std::to_string(kv) +
                  ", head_dim " + std::to_string(head_dim) + ", L " + std::to_string(L) + ", S " + std::to_string(S) +
-                 ", " + describe(o));
+                 ", " + describe_options(o));
 
     const Matrix<double> self = md.forward(xd, o);
     ASSERT_LE(max_abs_diff(m.forward(x, o), self), layer_tol<T>(amax(self))) << "forward(x)";
@@ -601,7 +601,7 @@ TYPED_TEST(Property, LatentAttentionLayersMatchTheirDoubleCopy) {
     std::ostringstream what;
     what << "seed " << seed << " (case " << i << "): d_model " << c.d_model << ", heads " << c.heads << ", q_lora "
          << c.q_lora_rank << ", kv_lora " << c.kv_lora_rank << ", nope " << c.qk_nope_head_dim << ", rope "
-         << c.qk_rope_head_dim << ", v " << c.v_head_dim << ", L " << L << ", " << describe(o);
+         << c.qk_rope_head_dim << ", v " << c.v_head_dim << ", L " << L << ", " << describe_options(o);
     SCOPED_TRACE(what.str());
 
     const Matrix<double> full = md.forward(xd, o);
