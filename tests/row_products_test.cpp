@@ -75,6 +75,28 @@ TYPED_TEST(RowProductsTest, ScoresMatchPlainDotProducts) {
       }
 }
 
+// The register blocking changes which loads are shared, never the sums: a block of rows gives each row's scores
+// bit for bit as that row alone does (one row at a time, or rows_alone() of them, whichever the CPU takes).
+TYPED_TEST(RowProductsTest, ScoresOfARowAreTheSameInEveryBlocking) {
+  using T = TypeParam;
+  using P = attend::detail::RowProducts<T>;
+  std::mt19937 rng(23);
+  for (Index rows : {P::block_rows, P::block_rows + 1, 2 * P::block_rows})
+    for (Index keys : key_counts<T>())
+      for (Index depth : widths<T>()) {
+        const Matrix<T> q = padded<T>(rows, depth, 3, rng), k = padded<T>(keys, depth, 5, rng);
+        Matrix<T> together(rows, keys), alone(1, keys);
+        P::scores(together.data(), together.outerStride(), q.data(), q.outerStride(), rows, k.data(), k.outerStride(),
+                  keys, depth);
+        for (Index r = 0; r < rows; ++r) {
+          P::scores(alone.data(), alone.outerStride(), q.row(r).data(), q.outerStride(), 1, k.data(), k.outerStride(),
+                    keys, depth);
+          ASSERT_TRUE((alone.row(0).array() == together.row(r).array()).all())
+              << "row " << r << " of " << rows << ", keys " << keys << ", depth " << depth;
+        }
+      }
+}
+
 TYPED_TEST(RowProductsTest, AccumulateAddsWeightedValueRows) {
   using T = TypeParam;
   using P = attend::detail::RowProducts<T>;

@@ -55,6 +55,9 @@ struct CpuFeatures {
   bool avx512vnni = false;  ///< and vpdpbusd (8-bit integer dot products)
   bool amx = false;         ///< AMX-TILE and AMX-BF16 with the OS supporting the tile state (permission aside)
   bool amd = false;         ///< the vendor string is AuthenticAMD
+  /// AVX-512 run as two 256-bit halves (AMD family 19h, Zen 4): a vector load or multiply-add takes its unit for
+  /// two halves, where CPUs with full-width units (Intel's, AMD's from Zen 5) do one per cycle on each.
+  bool avx512_double_pumped = false;
 };
 
 #if defined(ATTEND_X86_DISPATCH)
@@ -65,6 +68,8 @@ inline CpuFeatures probe_cpu() {
   __cpuid(0, a, b, c, d);
   f.amd = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;  // "Auth" "enti" "cAMD"
   __cpuid(1, a, b, c, d);
+  const unsigned base_family = (a >> 8) & 0xf;
+  const unsigned family = base_family == 0xf ? base_family + ((a >> 20) & 0xff) : base_family;
   const bool osxsave = (c >> 27) & 1;
   if (!osxsave) return f;
   unsigned xcr0_lo = 0, xcr0_hi = 0;
@@ -79,6 +84,7 @@ inline CpuFeatures probe_cpu() {
   __cpuid_count(7, 1, a, b, c, d);
   const bool bf16 = (a >> 5) & 1;
   f.avx512 = os_avx512 && f512 && dq && bw && vl;
+  f.avx512_double_pumped = f.avx512 && f.amd && family == 0x19;
   f.avx512bf16 = f.avx512 && bf16;
   f.avx512vnni = f.avx512 && vnni;
   f.amx = f.avx512bf16 && os_amx && amx_tile && amx_bf16;

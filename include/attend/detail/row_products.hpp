@@ -15,6 +15,7 @@
 
 #include <Eigen/Core>
 
+#include "attend/detail/cpu.hpp"
 #include "attend/shapes.hpp"
 
 #if defined(__GNUC__)
@@ -48,7 +49,7 @@ struct RowProducts {
 
   /// s[r, j] = q[r, :] . k[j, :] for r < rows, j < keys, over `depth` values.
   ///
-  /// Up to `block_rows` rows go one at a time against `wide` keys: there each key is used by few rows, reading keys
+  /// Up to rows_alone() rows go one at a time against `wide` keys: there each key is used by few rows, reading keys
   /// is the cost, and more key rows in flight read faster. More rows share each key's loads in blocks of
   /// `block_rows` x `block`.
   EIGEN_ALWAYS_INLINE static void scores(T* s, Index lds, const T* q, Index ldq, Index rows, const T* k, Index ldk,
@@ -56,11 +57,19 @@ struct RowProducts {
     // Empty operands may have null data; offsetting a null pointer is undefined behaviour even unused.
     if (rows == 0 || keys == 0) return;
     Index r = 0;
-    if (rows > block_rows)
+    if (rows > rows_alone())
       for (; r + block_rows <= rows; r += block_rows)
         scores_rows<block_rows, block>(s + r * lds, lds, q + r * ldq, ldq, k, ldk, keys, depth);
     for (; r < rows; ++r) scores_rows<1, wide>(s + r * lds, lds, q + r * ldq, ldq, k, ldk, keys, depth);
   }
+
+  /// How many rows scores() takes one at a time: `block_rows` (a decode step of a kv group of 4 query heads), or
+  /// fewer where AVX-512 runs in 256-bit halves (cpu.hpp). There a vector load holds the L1 port for two halves,
+  /// and one row at a time, a load for every multiply-add, is bound by its loads and reads the block's key rows
+  /// again for every row; in a cache of a few kv heads those rows are a page apart, so the same columns of 16 rows
+  /// share one L1 set of fewer ways (4 KiB per way). With full-width units one row at a time measured faster.
+  /// Either way each score sums the same products in the same order (docs/kernel-notes.md, "Decode").
+  static Index rows_alone() { return cpu().avx512_double_pumped ? block_rows - 1 : block_rows; }
 
   /// acc[r, :] += sum over j < keys of p[r, j] * v[j, :] for r < rows, over `cols` values.
   EIGEN_ALWAYS_INLINE static void accumulate(T* acc, Index lda, const T* p, Index ldp, Index rows, const T* v,

@@ -159,6 +159,12 @@ class RowsTile {
   }
 #endif
 
+  // How many of the tile's key rows after the run [a, b) the narrow products prefetch while [a, b) is read: as
+  // many, as far as they lie in the run that follows.
+  Index rows_ahead(Index a, Index b) const {
+    return b < kt_ + tk_ ? std::min({b - a, kt_ + tk_ - b, kv_.run_end(b) - b}) : 0;
+  }
+
   // begin(kt, tk), scores() on consecutive key ranges covering the tile, softmax(), then accumulate() on
   // consecutive ranges covering it again.
   void begin(Index kt, Index tk) {
@@ -179,8 +185,7 @@ class RowsTile {
       if constexpr (is_16bit<S> || is_q8<S>)
         if (narrow()) {
           using Products = RowProductsNarrow<decltype(narrow_rows(kv_.keys(a, b), 0))>;
-          // The tile's next key rows, as far as they lie in the run that follows.
-          const Index ahead = b < kt_ + tk_ ? std::min({b - a, kt_ + tk_ - b, kv_.run_end(b) - b}) : 0;
+          const Index ahead = rows_ahead(a, b);
           if (ahead > 0) Products::prefetch(narrow_rows(kv_.keys(b, b + ahead), 0), ahead, kv_.key_cols());
           if constexpr (is_q8<S> && std::is_same_v<C, float>)
             if (integer_) {
@@ -258,7 +263,7 @@ class RowsTile {
       if constexpr (is_16bit<S> || is_q8<S>)
         if (narrow()) {
           using Products = RowProductsNarrow<decltype(narrow_rows(kv_.values(a, b), 0))>;
-          const Index ahead = b < kt_ + tk_ ? std::min({b - a, kt_ + tk_ - b, kv_.run_end(b) - b}) : 0;
+          const Index ahead = rows_ahead(a, b);
           if (ahead > 0) Products::prefetch(narrow_rows(kv_.values(b, b + ahead), 0), ahead, kv_.value_cols());
           Products::accumulate(acc.data(), acc.outerStride(), p, ldp, rows, narrow_rows(kv_.values(a, b), 0), b - a,
                                dv);
