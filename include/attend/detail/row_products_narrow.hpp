@@ -74,7 +74,7 @@ struct Rows16 {
     return widen(_mm256_maskz_loadu_epi16(m, p + r * ld + x));
   }
   ATTEND_TARGET_AVX512 void prefetch(Index r, Index cols) const {
-    for (Index x = 0; x < cols; x += 32) _mm_prefetch(reinterpret_cast<const char*>(p + r * ld + x), _MM_HINT_T0);
+    for (Index x = 0; x < cols; x += 32) _mm_prefetch(reinterpret_cast<const char*>(p + r * ld + x), _MM_HINT_T1);
   }
   Rows16 from(Index r) const { return {p + r * ld, ld}; }
 
@@ -117,8 +117,8 @@ struct RowsQ8 {
   RowsQ8(const std::int8_t* q_, Index ldq_, const Scale* s_, Index lds_) : q(q_), ldq(ldq_), s(s_), lds(lds_) {}
 
   ATTEND_TARGET_AVX512 void prefetch(Index r, Index cols) const {
-    for (Index x = 0; x < cols; x += 64) _mm_prefetch(reinterpret_cast<const char*>(q + r * ldq + x), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(s + r * lds), _MM_HINT_T0);
+    for (Index x = 0; x < cols; x += 64) _mm_prefetch(reinterpret_cast<const char*>(q + r * ldq + x), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(s + r * lds), _MM_HINT_T1);
   }
   RowsQ8 from(Index r) const { return {q + r * ldq, ldq, s + r * lds, lds}; }
 };
@@ -177,8 +177,10 @@ struct RowProductsNarrow {
     for (; r < rows; ++r) accumulate_rows<1>(acc + r * lda, lda, p + r * ldp, ldp, v, keys, cols);
   }
 
-  /// Asks for rows [0, rows) of `cols` values to be brought into the cache: the next key rows while the current
-  /// ones are multiplied, so that more of them are in flight than the register blocks read.
+  /// Asks for rows [0, rows) of `cols` values to be brought into L2: the next key rows while the current ones are
+  /// multiplied, so that more of them are in flight than the register blocks read. Into L2 (prefetcht1), not L1: a
+  /// step's rows through every kv group are about as many bytes as L1 holds, and prefetches into L1 hold its few
+  /// line fill buffers, which the loads of the rows being multiplied wait for.
   ATTEND_TARGET_AVX512 static void prefetch(const Source& rows_from, Index rows, Index cols) {
     for (Index r = 0; r < rows; ++r) rows_from.prefetch(r, cols);
   }
